@@ -1,0 +1,125 @@
+"""Configuration: TOML loaded into msgspec Structs.
+
+An unknown key or a bad value stops start-up with a message that names it (msgspec reports the path,
+e.g. `Object contains unknown field `bnid` - at `$.server``). Units live in names (`read_timeout_s`).
+Upstream secrets never live here: a provider names the environment variable that holds its key.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+from typing import Literal
+
+import msgspec
+
+from proxy.errors import ConfigError
+from proxy.pricing import PriceOverride
+
+Dialect = Literal["openai"]
+
+CONFIG_ENV = "TEEPROXY_CONFIG"
+DEFAULT_MAX_BODY_BYTES = 10 * 1024 * 1024
+
+
+class _Strict(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    pass
+
+
+class ServerConfig(_Strict):
+    bind: str = "127.0.0.1:8080"
+    workers: int = 1
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+
+
+class MeteringConfig(_Strict):
+    enabled: bool = True
+
+
+class LedgerConfig(_Strict):
+    path: str | None = "teeproxy-ledger.db"
+    url: str | None = None
+
+
+class DemoConfig(_Strict):
+    # When none of the providers' api_key_env variables is set, serve every route from the built-in
+    # demo upstream instead (a newcomer's `make run` works with no keys at all).
+    when_no_keys: bool = False
+    tokens_per_s: float = 40.0
+
+
+class ProviderConfig(_Strict, kw_only=True):
+    name: str
+    base_url: str
+    dialect: Dialect = "openai"
+    api_key_env: str | None = None
+    # Some OpenAI-compatible upstreams reject `stream_options`: set false to never inject include_usage.
+    stream_options: bool = True
+    connect_timeout_s: float = 10.0
+    read_timeout_s: float = 600.0
+
+
+class RouteConfig(_Strict):
+    models: list[str]
+    providers: list[str]
+
+
+class KeyConfig(_Strict):
+    name: str
+    sha256: str
+
+
+class Config(_Strict):
+    server: ServerConfig = msgspec.field(default_factory=ServerConfig)
+    metering: MeteringConfig = msgspec.field(default_factory=MeteringConfig)
+    ledger: LedgerConfig = msgspec.field(default_factory=LedgerConfig)
+    demo: DemoConfig = msgspec.field(default_factory=DemoConfig)
+    providers: list[ProviderConfig] = msgspec.field(default_factory=list)
+    routes: list[RouteConfig] = msgspec.field(default_factory=list)
+    keys: list[KeyConfig] = msgspec.field(default_factory=list)
+    prices: dict[str, PriceOverride] = msgspec.field(default_factory=dict)
+
+
+def _check(config: Config, source: str) -> None:
+    names = [p.name for p in config.providers]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"{source}: duplicate provider name in [[providers]]: {names}")
+    for p in config.providers:
+        if not p.base_url.startswith(("http://", "https://")):
+            raise ConfigError(f"{source}: providers.{p.name}.base_url must start with http:// or https://")
+    for i, route in enumerate(config.routes):
+        for name in route.providers:
+            if name not in names:
+                raise ConfigError(f"{source}: routes[{i}].providers names unknown provider {name!r}")
+        if not route.providers:
+            raise ConfigError(f"{source}: routes[{i}].providers is empty")
+    for key in config.keys:
+        digest = key.sha256.lower()
+        if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+            raise ConfigError(f"{source}: keys.{key.name}.sha256 is not a SHA-256 hex digest")
+    if config.server.workers < 1:
+        raise ConfigError(f"{source}: server.workers must be >= 1")
+    if config.server.max_body_bytes < 1:
+        raise ConfigError(f"{source}: server.max_body_bytes must be >= 1")
+
+
+def parse_config(text: str | bytes, source: str = "<config>") -> Config:
+    try:
+        config = msgspec.toml.decode(text, type=Config)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+    except msgspec.DecodeError as exc:
+        raise ConfigError(f"{source}: not valid TOML: {exc}") from None
+    _check(config, source)
+    return config
+
+
+def load_config(path: str | os.PathLike[str] | None = None) -> Config:
+    """Load the config named by `path`, else by $TEEPROXY_CONFIG, else `config/teeproxy.toml`."""
+    chosen = path or os.environ.get(CONFIG_ENV) or "config/teeproxy.toml"
+    file = pathlib.Path(chosen)
+    try:
+        text = file.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {file}: {exc.strerror}") from None
+    return parse_config(text, str(file))

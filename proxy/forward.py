@@ -1,0 +1,377 @@
+"""One request's life, in phase order.
+
+    authenticate → read_request → select_upstream → prepare_request → open_upstream → relay → finish
+
+`finish` runs in `finally`, so every request reaches it; it is where the ledger record is written for every
+request that was sent upstream, whatever the client or the upstream did. An `Exchange` carries the state
+between phases.
+
+The relay tees: each upstream read is sent to the client as one ASGI body message, unchanged, and only then
+fed to the sidecar meter. The one exception is the frame filter (include_usage injected on the client's
+behalf, or inline usage asked for): it holds back the bytes of an incomplete SSE frame, which no SSE client
+can use before the frame ends anyway.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+import msgspec
+
+from proxy import headers as h
+from proxy import upstream as up
+from proxy.asgi_types import Receive, Scope, Send
+from proxy.errors import BadRequest, PayloadTooLarge, ProxyError, UpstreamError, UpstreamTimeout, openai_error_body
+from proxy.ledger import LedgerRecord
+from proxy.metering import Meter, new_meter, render_inline_comment, usage_figures
+from proxy.routing import Upstream
+from proxy.state import ProxyState
+from proxy.usage import Usage
+
+_json_decode = msgspec.json.Decoder().decode
+_json_encode = msgspec.json.Encoder().encode
+
+_STREAMING_HEADERS: h.Headers = [(b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
+_DISCONNECT = "http.disconnect"
+
+
+class ClientGone(Exception):
+    """The client disconnected before its request body arrived."""
+
+
+@dataclass(slots=True)
+class Exchange:
+    """State carried between the phases of one request."""
+
+    request_id: str
+    started_at: float
+    started_wall: datetime
+    endpoint_path: str
+    key_name: str | None = None
+    endpoint: str = ""
+    model: str | None = None
+    upstream: Upstream | None = None
+    client_asked_usage: bool = False
+    inline_usage: bool = False
+    trailers: bool = False
+    sent_upstream: bool = False
+    response_started: bool = False
+    status: int | None = None
+    outcome: str = "completed"
+    first_byte_at: float | None = None
+    bytes_to_client: int = 0
+    meter: Meter | None = None
+    extra_headers: h.Headers = field(default_factory=list)
+
+
+def new_exchange(scope: Scope) -> Exchange:
+    given = h.get(scope["headers"], h.REQUEST_ID)
+    request_id = given.decode() if given is not None and h.well_formed_request_id(given) else uuid.uuid4().hex
+    return Exchange(
+        request_id=request_id,
+        started_at=time.perf_counter(),
+        started_wall=datetime.now(UTC),
+        endpoint_path=scope["path"],
+    )
+
+
+async def handle(state: ProxyState, scope: Scope, receive: Receive, send: Send) -> None:
+    ex = new_exchange(scope)
+    response: httpx.Response | None = None
+    try:
+        ex.key_name = state.keys.authenticate(scope["headers"])
+        ex.endpoint = state.endpoint_for(scope["path"], scope["method"])
+        if ex.endpoint == "models":
+            await _send_json(ex, send, 200, state.models_body())
+            return
+        body = await read_body(receive, scope, state.config.server.max_body_bytes)
+        request = parse_request(body)
+        ex.model = request["model"]
+        ex.upstream = state.router.select(ex.model)
+        ex.trailers = state.trailers_for(scope)
+        forward_headers, forward_body = prepare_request(state, ex, scope, request, body)
+        ex.sent_upstream = True
+        response = await up.open_stream(
+            state.client,
+            "POST",
+            ex.upstream.base_url + _suffix(scope),
+            forward_headers,
+            forward_body,
+            ex.upstream.provider,
+        )
+        await relay(state, ex, response, receive, send)
+    except ProxyError as exc:
+        if isinstance(exc, UpstreamError):
+            ex.outcome = "timeout" if isinstance(exc, UpstreamTimeout) else "upstream_error"
+        await _send_error(ex, send, exc)
+    except ClientGone:
+        ex.outcome = "client_disconnected"
+    except asyncio.CancelledError:
+        ex.outcome = "cancelled"
+        raise
+    except Exception:
+        ex.outcome = "proxy_error"
+        state.log.exception("request %s failed inside the proxy", ex.request_id)
+        await _send_error(ex, send, ProxyError("The proxy failed while handling the request."))
+    finally:
+        if response is not None:
+            await up.close(response)
+        finish(state, ex)
+
+
+def _suffix(scope: Scope) -> str:
+    # The endpoint path below /v1, appended to the provider's base_url (which ends in its own /v1).
+    path: str = scope["path"][3:]
+    query: bytes = scope.get("query_string", b"")
+    return path + ("?" + query.decode("latin-1") if query else "")
+
+
+async def read_body(receive: Receive, scope: Scope, limit: int) -> bytes:
+    declared = h.get(scope["headers"], b"content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"Request body is {int(declared)} bytes; the limit is {limit} bytes.")
+    parts: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == _DISCONNECT:
+            raise ClientGone
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"Request body exceeds the limit of {limit} bytes.")
+        parts.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(parts)
+
+
+def parse_request(body: bytes) -> dict[str, Any]:
+    try:
+        request = _json_decode(body)
+    except msgspec.DecodeError:
+        raise BadRequest(
+            "We could not parse the JSON body of your request. The request body must be a JSON object."
+        ) from None
+    if not isinstance(request, dict):
+        raise BadRequest("The request body must be a JSON object.")
+    model = request.get("model")
+    if not isinstance(model, str) or not model:
+        raise BadRequest("You must provide a model parameter.")
+    return request
+
+
+def prepare_request(
+    state: ProxyState, ex: Exchange, scope: Scope, request: dict[str, Any], body: bytes
+) -> tuple[h.Headers, bytes]:
+    """Swap credentials, and merge `stream_options.include_usage` into streaming chat/completions requests."""
+    assert ex.upstream is not None
+    forward_headers = h.upstream_request_headers(scope["headers"])
+    forward_headers.append((b"accept-encoding", b"identity"))
+    if ex.upstream.api_key:
+        forward_headers.append((b"authorization", b"Bearer " + ex.upstream.api_key.encode()))
+    ex.inline_usage = (h.get(scope["headers"], b"x-teeproxy-usage") or b"").strip().lower() == b"inline"
+    stream_options = request.get("stream_options")
+    ex.client_asked_usage = isinstance(stream_options, dict) and stream_options.get("include_usage") is True
+    if (
+        state.metering
+        and request.get("stream") is True
+        and ex.endpoint in ("chat", "completions")
+        and ex.upstream.provider.stream_options
+        and not ex.client_asked_usage
+    ):
+        merged = dict(stream_options) if isinstance(stream_options, dict) else {}
+        merged["include_usage"] = True
+        request["stream_options"] = merged
+        body = _json_encode(request)
+    return forward_headers, body
+
+
+async def relay(state: ProxyState, ex: Exchange, response: httpx.Response, receive: Receive, send: Send) -> None:
+    """Tee the upstream body to the client while the meter reads it on the side; watch for the client leaving."""
+    assert ex.upstream is not None
+    ex.status = response.status_code
+    streaming = response.headers.get("content-type", "").startswith("text/event-stream")
+    meter = new_meter(state, ex.endpoint, streaming, response.status_code) if state.metering else None
+    ex.meter = meter
+    rewrite = (
+        meter is not None
+        and streaming
+        and (
+            ex.inline_usage
+            or (
+                ex.upstream.provider.stream_options
+                and not ex.client_asked_usage
+                and ex.endpoint in ("chat", "completions")
+            )
+        )
+    )
+    frame_filter = None
+    if rewrite:
+        assert meter is not None
+        frame_filter = meter.frame_filter(
+            strip_usage_chunk=not ex.client_asked_usage,
+            inline=(lambda: render_inline_comment(state, ex)) if ex.inline_usage else None,
+        )
+
+    response_headers = h.client_response_headers(list(response.headers.raw))
+    if not streaming and frame_filter is None and not ex.trailers:
+        length = response.headers.get("content-length")
+        if length is not None:
+            response_headers.append((b"content-length", length.encode()))
+    if streaming:
+        response_headers.extend(_STREAMING_HEADERS)
+    response_headers.extend(_identity_headers(ex))
+    if ex.trailers:
+        response_headers.append((b"trailer", h.TRAILER_DECLARATION))
+    await send(
+        {
+            "type": "http.response.start",
+            "status": response.status_code,
+            "headers": response_headers,
+            "trailers": ex.trailers,
+        }
+    )
+    ex.response_started = True
+
+    pump_done = False
+
+    async def pump() -> None:
+        nonlocal pump_done
+        try:
+            async for chunk in up.iter_raw(response):
+                out = frame_filter.feed(chunk) if frame_filter is not None else chunk
+                if out:
+                    if ex.first_byte_at is None:
+                        ex.first_byte_at = time.perf_counter()
+                    await send({"type": "http.response.body", "body": out, "more_body": True})
+                    ex.bytes_to_client += len(out)
+                if frame_filter is None and meter is not None:
+                    meter.feed(chunk)
+            if frame_filter is not None:
+                tail = frame_filter.close()
+                if tail:
+                    await send({"type": "http.response.body", "body": tail, "more_body": True})
+                    ex.bytes_to_client += len(tail)
+            elif meter is not None:
+                meter.close()
+        except UpstreamError as exc:
+            ex.outcome = "timeout" if isinstance(exc, UpstreamTimeout) else "upstream_error"
+            if meter is not None:
+                meter.close()
+            if streaming:
+                # After the first byte the status is spent: tell the client in the dialect's own in-stream form.
+                event = b"data: " + openai_error_body(exc) + b"\n\n"
+                await send({"type": "http.response.body", "body": event, "more_body": True})
+                ex.bytes_to_client += len(event)
+        pump_done = True
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        if ex.trailers:
+            await send({"type": "http.response.trailers", "headers": trailer_fields(state, ex), "more_trailers": False})
+        watcher_task.cancel()
+
+    async def watch() -> None:
+        while True:
+            message = await receive()
+            if message["type"] == _DISCONNECT:
+                if not pump_done:
+                    ex.outcome = "client_disconnected"
+                    if meter is not None:
+                        meter.close()
+                    pump_task.cancel()
+                return
+
+    async with asyncio.TaskGroup() as group:
+        pump_task = group.create_task(pump())
+        watcher_task = group.create_task(watch())
+
+
+def _identity_headers(ex: Exchange) -> h.Headers:
+    """On every response; provider and model are empty when the request never got that far."""
+    return [
+        (b"x-teeproxy-request-id", ex.request_id.encode()),
+        (b"x-teeproxy-provider", ex.upstream.provider.name.encode() if ex.upstream else b""),
+        (b"x-teeproxy-model", (ex.model or "").encode("utf-8", "replace")),
+    ]
+
+
+def trailer_fields(state: ProxyState, ex: Exchange) -> h.Headers:
+    usage, status, cost, _ = usage_figures(state, ex)
+    u = usage or Usage()
+    fields = [
+        (b"x-teeproxy-input-tokens", str(u.input_tokens).encode()),
+        (b"x-teeproxy-output-tokens", str(u.output_tokens).encode()),
+        (b"x-teeproxy-cached-tokens", str(u.cached_tokens).encode()),
+        (b"x-teeproxy-cache-write-tokens", str(u.cache_write_tokens).encode()),
+        (b"x-teeproxy-reasoning-tokens", str(u.reasoning_tokens).encode()),
+    ]
+    if cost is not None:
+        fields.append((b"x-teeproxy-cost-usd", format(cost, "f").encode()))
+    fields.append((b"x-teeproxy-usage", status.encode()))
+    return fields
+
+
+def finish(state: ProxyState, ex: Exchange) -> None:
+    """Write the ledger record: one for every request that was sent upstream, whatever happened."""
+    if not ex.sent_upstream:
+        return
+    try:
+        usage, usage_status, cost, cost_status = usage_figures(state, ex)
+    except Exception:  # a pricing or parsing bug must not lose the record
+        state.log.exception("usage figures failed for %s", ex.request_id)
+        usage, usage_status, cost, cost_status = None, "unparsed", None, "unpriced"
+    u = usage or Usage()
+    now = time.perf_counter()
+    state.ledger.submit(
+        LedgerRecord(
+            request_id=ex.request_id,
+            time=ex.started_wall.isoformat(),
+            key_name=ex.key_name,
+            provider=ex.upstream.provider.name if ex.upstream else None,
+            model=ex.model,
+            endpoint=ex.endpoint_path,
+            outcome=ex.outcome,
+            http_status=ex.status,
+            input_tokens=u.input_tokens,
+            cached_tokens=u.cached_tokens,
+            cache_write_tokens=u.cache_write_tokens,
+            output_tokens=u.output_tokens,
+            reasoning_tokens=u.reasoning_tokens,
+            usage_status=usage_status,
+            cost=format(cost, "f") if cost is not None else None,
+            cost_status=cost_status,
+            raw_usage=u.raw or None,
+            ttfb_ms=(ex.first_byte_at - ex.started_at) * 1000 if ex.first_byte_at is not None else None,
+            duration_ms=(now - ex.started_at) * 1000,
+            bytes_to_client=ex.bytes_to_client,
+        )
+    )
+
+
+async def _send_json(ex: Exchange, send: Send, status: int, body: bytes) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                *_identity_headers(ex),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+    ex.response_started = True
+    ex.status = status
+
+
+async def _send_error(ex: Exchange, send: Send, exc: ProxyError) -> None:
+    if ex.response_started:
+        return
+    ex.status = exc.status
+    await _send_json(ex, send, exc.status, openai_error_body(exc))

@@ -1,0 +1,219 @@
+"""Real servers for the tests: a replay upstream and the proxy under a real hypercorn, both on 127.0.0.1.
+
+Both run on one event loop in a background thread, so the tests drive them with real, blocking clients (the
+openai SDK, curl, raw sockets) from the main thread. The replay upstream serves captured provider bytes
+exactly, cut into chosen write sizes with chosen pauses; it records every request it receives.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import itertools
+import threading
+from collections.abc import Callable, Coroutine, Iterator
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from hypercorn.asyncio.run import worker_serve
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.utils import wrap_app
+
+from proxy.app import TeeProxy
+from proxy.config import Config, parse_config
+from proxy.demo import H11Server, Reply, Request
+from proxy.serving import install_http11_trailers
+
+T = TypeVar("T")
+
+UPSTREAM_SECRET = "sk-upstream-SECRET-do-not-leak-42"
+UPSTREAM_KEY_ENV = "TEEPROXY_TEST_UPSTREAM_KEY"
+CLIENT_KEY = "tp-test-client-key"
+CLIENT_KEY_SHA256 = hashlib.sha256(CLIENT_KEY.encode()).hexdigest()
+
+
+@dataclass
+class Script:
+    """One scripted upstream response."""
+
+    body: bytes
+    status: int = 200
+    content_type: bytes = b"text/event-stream; charset=utf-8"
+    chunk_sizes: list[int] | None = None  # cycled; None = the whole body in one write
+    pause_s: float = 0.0  # between writes
+    headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+    content_length: bool = False  # send Content-Length instead of chunked
+    cut_after: int | None = None  # drop the connection after this many bytes (an upstream failure)
+
+
+class ReplayUpstream:
+    def __init__(self) -> None:
+        self.requests: list[Request] = []
+        self.script: Script | Callable[[Request], Script] = Script(body=b"data: [DONE]\n\n")
+        self.server = H11Server(self._handle)
+        self.writes: list[bytes] = []
+
+    @property
+    def base_url(self) -> str:
+        return self.server.base_url
+
+    async def _handle(self, request: Request, reply: Reply) -> None:
+        self.requests.append(request)
+        script = self.script(request) if callable(self.script) else self.script
+        headers = [(b"content-type", script.content_type), *script.headers]
+        if script.content_length:
+            headers.append((b"content-length", str(len(script.body)).encode()))
+        await reply.start(script.status, headers)
+        sizes = itertools.cycle(script.chunk_sizes or [len(script.body) or 1])
+        sent = 0
+        body = script.body
+        while sent < len(body):
+            if script.cut_after is not None and sent >= script.cut_after:
+                raise ConnectionError("scripted upstream failure")
+            size = next(sizes)
+            piece = body[sent : sent + size]
+            if sent and script.pause_s:
+                await asyncio.sleep(script.pause_s)
+            await reply.write(piece)
+            self.writes.append(piece)
+            sent += len(piece)
+        await reply.end()
+
+
+class LoopThread:
+    """An event loop in a daemon thread; `run(coro)` runs a coroutine there and returns its result."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self._thread.start()
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float = 30.0) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(10)
+        self.loop.close()
+
+
+def proxy_config_text(upstream_url: str, ledger_path: str, extra: str = "", provider_extra: str = "") -> str:
+    return f"""
+[server]
+bind = "127.0.0.1:0"
+max_body_bytes = 1048576
+
+[ledger]
+path = "{ledger_path}"
+
+[[providers]]
+name = "replay"
+dialect = "openai"
+base_url = "{upstream_url}"
+api_key_env = "{UPSTREAM_KEY_ENV}"
+{provider_extra}
+
+[[routes]]
+models = ["gpt-*", "o*", "babbage-*", "text-embedding-*", "deepseek-*", "grok-*"]
+providers = ["replay"]
+
+[[keys]]
+name = "tester"
+sha256 = "{CLIENT_KEY_SHA256}"
+
+[prices."gpt-4o-mini"]
+input_per_mtok = "0.15"
+cached_input_per_mtok = "0.075"
+cache_write_per_mtok = "0"
+output_per_mtok = "0.60"
+{extra}
+"""
+
+
+class ProxyServer:
+    """The proxy app under a real hypercorn (HTTP/1.1 + h2c) on 127.0.0.1:<ephemeral>."""
+
+    def __init__(self, loop: LoopThread, config: Config) -> None:
+        self._loop = loop
+        self.app = TeeProxy(config, http11_trailers=install_http11_trailers())
+        hc = HypercornConfig()
+        hc.bind = ["127.0.0.1:0"]
+        hc.accesslog = None
+        hc.graceful_timeout = 5.0
+        self._sockets = hc.create_sockets()
+        # Listen now, so a client that connects before hypercorn's accept loop starts waits in the backlog.
+        self._sockets.insecure_sockets[0].listen(128)
+        self.port: int = self._sockets.insecure_sockets[0].getsockname()[1]
+        self._hc = hc
+        self._stop: asyncio.Event | None = None
+        self._done: asyncio.Future[None] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        async def _start() -> None:
+            self._stop = asyncio.Event()
+            app = wrap_app(self.app, self._hc.wsgi_max_body_size, "asgi")  # type: ignore[arg-type]
+
+            async def _serve() -> None:
+                assert self._stop is not None
+                await worker_serve(app, self._hc, sockets=self._sockets, shutdown_trigger=self._stop.wait)
+
+            self._done = asyncio.ensure_future(_serve())  # noqa: TID251 - kept in self._done and awaited in stop()
+            for _ in range(2000):  # start-up is polled: the app has no "ready" event of its own
+                if self.app.state is not None or self._done.done():
+                    break
+                await asyncio.sleep(0.005)
+            if self._done.done():
+                self._done.result()
+
+        self._loop.run(_start())
+
+    def stop(self) -> None:
+        async def _stop() -> None:
+            assert self._stop is not None and self._done is not None
+            self._stop.set()
+            await self._done
+
+        self._loop.run(_stop())
+
+
+@dataclass
+class Stack:
+    loop: LoopThread
+    upstream: ReplayUpstream
+    proxy: ProxyServer
+    ledger_path: str
+
+    @property
+    def url(self) -> str:
+        return self.proxy.url
+
+    def flush_ledger(self) -> None:
+        state = self.proxy.app.state
+        assert state is not None
+        self.loop.run(state.ledger.flush())
+
+    def records(self) -> list[Any]:
+        self.flush_ledger()
+        state = self.proxy.app.state
+        assert state is not None
+        return state.ledger.query(None, None)
+
+
+def start_stack(tmp_path: Any, extra: str = "", provider_extra: str = "") -> Iterator[Stack]:
+    loop = LoopThread()
+    upstream = ReplayUpstream()
+    loop.run(upstream.server.start())
+    ledger_path = str(tmp_path / "ledger.db")
+    config = parse_config(proxy_config_text(upstream.base_url, ledger_path, extra, provider_extra), "test-config")
+    proxy = ProxyServer(loop, config)
+    proxy.start()
+    try:
+        yield Stack(loop, upstream, proxy, ledger_path)
+    finally:
+        proxy.stop()
+        loop.run(upstream.server.aclose())
+        loop.close()
