@@ -259,7 +259,10 @@ class DemoUpstream:
                 choice = {"index": 0, "text": word, "finish_reason": None}
             await reply.write(chunk([choice]))
         final: dict[str, Any] = {"index": 0, "finish_reason": "stop"}
-        final.update({"delta": {}} if chat else {"text": ""})
+        if chat:
+            final["delta"] = {}
+        else:
+            final["text"] = ""
         await reply.write(chunk([final]))
         options = payload.get("stream_options")
         if isinstance(options, dict) and options.get("include_usage") is True:

@@ -63,10 +63,10 @@ class KeyRing:
                 presented = value.strip()
         if not presented:
             raise Unauthorized("Missing API key. Send it as 'Authorization: Bearer <key>'.")
-        name = self._names.get(hashlib.sha256(presented).hexdigest())
-        if name is None:
+        key_name = self._names.get(hashlib.sha256(presented).hexdigest())
+        if key_name is None:
             raise Unauthorized("Incorrect API key provided.")
-        return name
+        return key_name
 
 
 class Router:
