@@ -28,7 +28,7 @@ from proxy import headers as h
 from proxy import upstream as up
 from proxy.asgi_types import Receive, Scope, Send
 from proxy.errors import BadRequest, PayloadTooLarge, ProxyError, UpstreamError, UpstreamTimeout, openai_error_body
-from proxy.ledger import LedgerRecord
+from proxy.ledger import LedgerRecord, utc_iso
 from proxy.metering import Meter, new_meter, render_inline_comment, usage_figures
 from proxy.routing import Upstream
 from proxy.state import ProxyState
@@ -39,6 +39,7 @@ _json_encode = msgspec.json.Encoder().encode
 
 _STREAMING_HEADERS: h.Headers = [(b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
 _DISCONNECT = "http.disconnect"
+_FRAME_ENDS = (b"\n\n", b"\r\n\r\n", b"\r\r")
 
 
 class ClientGone(Exception):
@@ -240,35 +241,46 @@ async def relay(state: ProxyState, ex: Exchange, response: httpx.Response, recei
     ex.response_started = True
 
     pump_done = False
+    last_out = b""
+
+    async def emit(data: bytes) -> None:
+        nonlocal last_out
+        if ex.first_byte_at is None:
+            ex.first_byte_at = time.perf_counter()
+        await send({"type": "http.response.body", "body": data, "more_body": True})
+        ex.bytes_to_client += len(data)
+        last_out = data
 
     async def pump() -> None:
         nonlocal pump_done
+        failure: UpstreamError | None = None
         try:
-            async for chunk in up.iter_raw(response):
-                out = frame_filter.feed(chunk) if frame_filter is not None else chunk
-                if out:
-                    if ex.first_byte_at is None:
-                        ex.first_byte_at = time.perf_counter()
-                    await send({"type": "http.response.body", "body": out, "more_body": True})
-                    ex.bytes_to_client += len(out)
-                if frame_filter is None and meter is not None:
-                    meter.feed(chunk)
-            if frame_filter is not None:
-                tail = frame_filter.close()
-                if tail:
-                    await send({"type": "http.response.body", "body": tail, "more_body": True})
-                    ex.bytes_to_client += len(tail)
-            elif meter is not None:
-                meter.close()
+            if frame_filter is None:
+                async for chunk in up.iter_raw(response):
+                    await emit(chunk)  # the tee: forward first ...
+                    if meter is not None:
+                        meter.feed(chunk)  # ... then let the sidecar read it
+            else:
+                async for chunk in up.iter_raw(response):
+                    out = frame_filter.feed(chunk)
+                    if out:
+                        await emit(out)
         except UpstreamError as exc:
+            failure = exc
             ex.outcome = "timeout" if isinstance(exc, UpstreamTimeout) else "upstream_error"
-            if meter is not None:
-                meter.close()
-            if streaming:
-                # After the first byte the status is spent: tell the client in the dialect's own in-stream form.
-                event = b"data: " + openai_error_body(exc) + b"\n\n"
-                await send({"type": "http.response.body", "body": event, "more_body": True})
-                ex.bytes_to_client += len(event)
+        if frame_filter is not None:
+            tail = frame_filter.close()  # an unfinished frame is still the client's: every byte goes out
+            if tail:
+                await emit(tail)
+        elif meter is not None:
+            meter.close()
+        if failure is not None and streaming:
+            # After the first byte the status is spent: tell the client in the dialect's own in-stream form,
+            # in a frame of its own even when the upstream stopped mid-frame.
+            event = b"data: " + openai_error_body(failure) + b"\n\n"
+            if last_out and not last_out.endswith(_FRAME_ENDS):
+                event = b"\n\n" + event
+            await emit(event)
         pump_done = True
         await send({"type": "http.response.body", "body": b"", "more_body": False})
         if ex.trailers:
@@ -330,7 +342,7 @@ def finish(state: ProxyState, ex: Exchange) -> None:
     state.ledger.submit(
         LedgerRecord(
             request_id=ex.request_id,
-            time=ex.started_wall.isoformat(),
+            time=utc_iso(ex.started_wall),
             key_name=ex.key_name,
             provider=ex.upstream.provider.name if ex.upstream else None,
             model=ex.model,

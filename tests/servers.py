@@ -11,6 +11,7 @@ import asyncio
 import hashlib
 import itertools
 import threading
+import time
 from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -114,7 +115,7 @@ api_key_env = "{UPSTREAM_KEY_ENV}"
 {provider_extra}
 
 [[routes]]
-models = ["gpt-*", "o*", "babbage-*", "text-embedding-*", "deepseek-*", "grok-*"]
+models = ["gpt-*", "o*", "babbage*", "text-embedding-*", "deepseek-*", "grok-*"]
 providers = ["replay"]
 
 [[keys]]
@@ -196,11 +197,18 @@ class Stack:
         assert state is not None
         self.loop.run(state.ledger.flush())
 
-    def records(self) -> list[Any]:
-        self.flush_ledger()
+    def records(self, at_least: int = 1, timeout_s: float = 10.0) -> list[Any]:
+        """The ledger's records, once at least `at_least` are there (the server finishes a request after the
+        client has read its last byte, so a record can trail the response by a moment)."""
         state = self.proxy.app.state
         assert state is not None
-        return state.ledger.query(None, None)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            self.flush_ledger()
+            records = state.ledger.query(None, None)
+            if len(records) >= at_least or time.monotonic() > deadline:
+                return records
+            time.sleep(0.02)
 
 
 def start_stack(tmp_path: Any, extra: str = "", provider_extra: str = "") -> Iterator[Stack]:

@@ -1,0 +1,255 @@
+"""The ledger: the only durable write of billing records.
+
+One `LedgerRecord` per request that reached an upstream. `submit()` is what the hot path calls: it enqueues
+and returns at once, never raises. One writer task drains the queue in batches (up to `MAX_BATCH` records,
+whatever has gathered while the last batch was written) and writes each batch in a worker thread in one
+transaction. A failed write is logged and retried with backoff, batch kept: records are never dropped.
+`flush()` waits until everything submitted is durable; `aclose()` flushes, then closes.
+
+Backends share one schema (table `usage_records`, the record's field names as columns):
+SQLite in WAL mode (the default, `[ledger] path`), PostgreSQL via psycopg 3 (`[ledger] url`), for fleets of
+proxies writing to one place.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sqlite3
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+import msgspec
+
+log = logging.getLogger("teeproxy.ledger")
+
+MAX_BATCH = 500
+RETRY_DELAYS_S = (0.05, 0.2, 1.0, 5.0)
+
+
+class LedgerRecord(msgspec.Struct, kw_only=True):
+    """Field names are a public contract: `teeproxy usage --json` prints exactly these."""
+
+    request_id: str
+    time: str  # ISO 8601, UTC, microseconds: the request's start
+    key_name: str | None
+    provider: str | None
+    model: str | None
+    endpoint: str
+    outcome: str
+    http_status: int | None
+    input_tokens: int
+    cached_tokens: int
+    cache_write_tokens: int
+    output_tokens: int
+    reasoning_tokens: int
+    usage_status: str
+    cost: str | None  # USD, a plain decimal string
+    cost_status: str
+    raw_usage: str | None
+    ttfb_ms: float | None
+    duration_ms: float
+    bytes_to_client: int
+
+
+FIELDS: tuple[str, ...] = LedgerRecord.__struct_fields__
+_INT = {"http_status", "input_tokens", "cached_tokens", "cache_write_tokens", "output_tokens", "reasoning_tokens"}
+_REAL = {"ttfb_ms", "duration_ms"}
+
+
+def _column_type(name: str, postgres: bool) -> str:
+    if name in _INT or name == "bytes_to_client":
+        return "BIGINT" if postgres else "INTEGER"
+    if name in _REAL:
+        return "DOUBLE PRECISION" if postgres else "REAL"
+    if name == "cost" and postgres:
+        return "NUMERIC"
+    return "TEXT"
+
+
+def _schema(postgres: bool) -> list[str]:
+    columns = ", ".join(f"{name} {_column_type(name, postgres)}" for name in FIELDS)
+    return [
+        f"CREATE TABLE IF NOT EXISTS usage_records ({columns})",
+        "CREATE INDEX IF NOT EXISTS usage_records_time ON usage_records (time)",
+        "CREATE INDEX IF NOT EXISTS usage_records_request_id ON usage_records (request_id)",
+    ]
+
+
+def utc_iso(moment: datetime) -> str:
+    """The one time format in the ledger: it sorts as text."""
+    return moment.astimezone(UTC).isoformat(timespec="microseconds")
+
+
+def normalize_since(since: str) -> str:
+    moment = datetime.fromisoformat(since)
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return utc_iso(moment)
+
+
+def _row(record: LedgerRecord) -> tuple[Any, ...]:
+    return tuple(getattr(record, name) for name in FIELDS)
+
+
+def _record(row: tuple[Any, ...]) -> LedgerRecord:
+    values = dict(zip(FIELDS, row, strict=True))
+    if values["cost"] is not None:
+        values["cost"] = str(values["cost"])
+    return LedgerRecord(**values)
+
+
+class Backend(Protocol):
+    def open(self) -> None: ...
+    def write(self, records: list[LedgerRecord]) -> None: ...
+    def query(self, request_id: str | None, since: str | None) -> list[LedgerRecord]: ...
+    def close(self) -> None: ...
+
+
+def _where(request_id: str | None, since: str | None, mark: str) -> tuple[str, list[str]]:
+    clauses, params = [], []
+    if request_id is not None:
+        clauses.append(f"request_id = {mark}")
+        params.append(request_id)
+    if since is not None:
+        clauses.append(f"time >= {mark}")
+        params.append(normalize_since(since))
+    return (" WHERE " + " AND ".join(clauses) if clauses else ""), params
+
+
+class SQLiteBackend:
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._conn: sqlite3.Connection | None = None
+
+    def open(self) -> None:
+        # The writer uses one connection from worker threads, one batch at a time.
+        conn = sqlite3.connect(self.path, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute("PRAGMA busy_timeout=5000")
+        for statement in _schema(postgres=False):
+            conn.execute(statement)
+        conn.commit()
+        self._conn = conn
+
+    def write(self, records: list[LedgerRecord]) -> None:
+        assert self._conn is not None
+        marks = ", ".join("?" for _ in FIELDS)
+        with self._conn:
+            self._conn.executemany(
+                f"INSERT INTO usage_records ({', '.join(FIELDS)}) VALUES ({marks})", [_row(r) for r in records]
+            )
+
+    def query(self, request_id: str | None, since: str | None) -> list[LedgerRecord]:
+        where, params = _where(request_id, since, "?")
+        conn = sqlite3.connect(self.path)
+        try:
+            conn.execute("PRAGMA busy_timeout=5000")
+            rows = conn.execute(f"SELECT {', '.join(FIELDS)} FROM usage_records{where} ORDER BY time", params)
+            return [_record(row) for row in rows]
+        finally:
+            conn.close()
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+
+class PostgresBackend:
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._conn: Any = None
+
+    def open(self) -> None:
+        import psycopg
+
+        self._conn = psycopg.connect(self.url)
+        with self._conn.transaction():
+            for statement in _schema(postgres=True):
+                self._conn.execute(statement)
+
+    def write(self, records: list[LedgerRecord]) -> None:
+        marks = ", ".join("%s" for _ in FIELDS)
+        with self._conn.transaction(), self._conn.cursor() as cursor:
+            cursor.executemany(
+                f"INSERT INTO usage_records ({', '.join(FIELDS)}) VALUES ({marks})", [_row(r) for r in records]
+            )
+
+    def query(self, request_id: str | None, since: str | None) -> list[LedgerRecord]:
+        import psycopg
+
+        where, params = _where(request_id, since, "%s")
+        with psycopg.connect(self.url) as conn:
+            rows = conn.execute(f"SELECT {', '.join(FIELDS)} FROM usage_records{where} ORDER BY time", params)
+            return [_record(tuple(row)) for row in rows]
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+
+def open_backend(path: str | None, url: str | None) -> Backend:
+    if url is not None:
+        if not url.startswith(("postgresql://", "postgres://")):
+            raise ValueError(f"[ledger] url must be a postgresql:// URL, got scheme {url.split(':', 1)[0]!r}")
+        return PostgresBackend(url)
+    return SQLiteBackend(path or "teeproxy-ledger.db")
+
+
+class Ledger:
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+        self._queue: asyncio.Queue[LedgerRecord] = asyncio.Queue()
+        self._writer: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        await asyncio.to_thread(self.backend.open)
+        self._writer = asyncio.get_running_loop().create_task(self._write_forever(), name="ledger-writer")
+
+    def submit(self, record: LedgerRecord) -> None:
+        self._queue.put_nowait(record)  # unbounded: a slow disk delays records, it never drops them
+
+    async def flush(self) -> None:
+        await self._queue.join()
+
+    async def aclose(self) -> None:
+        if self._writer is None:
+            return
+        await self.flush()
+        self._writer.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._writer
+        self._writer = None
+        await asyncio.to_thread(self.backend.close)
+
+    def query(self, request_id: str | None = None, since: str | None = None) -> list[LedgerRecord]:
+        return self.backend.query(request_id, since)
+
+    async def _write_forever(self) -> None:
+        while True:
+            batch = [await self._queue.get()]
+            while len(batch) < MAX_BATCH and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            await self._write(batch)
+            for _ in batch:
+                self._queue.task_done()
+
+    async def _write(self, batch: list[LedgerRecord]) -> None:
+        attempt = 0
+        while True:
+            try:
+                await asyncio.to_thread(self.backend.write, batch)
+                return
+            except Exception:
+                delay = RETRY_DELAYS_S[min(attempt, len(RETRY_DELAYS_S) - 1)]
+                log.exception("ledger write of %d records failed; retrying in %.2fs", len(batch), delay)
+                attempt += 1
+                await asyncio.sleep(delay)
+
+
+def open_ledger(path: str | None, url: str | None) -> Ledger:
+    return Ledger(open_backend(path, url))

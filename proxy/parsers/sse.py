@@ -1,0 +1,185 @@
+"""A sans-I/O, incremental server-sent-events parser.
+
+Theory of operation
+-------------------
+This implements "Interpreting an event stream" from the WHATWG HTML standard (§9.2.6), on bytes:
+
+* The stream is a sequence of lines. A line ends at CRLF, at a lone LF, or at a lone CR — and nowhere else
+  (not at the other characters `str.splitlines()` splits on). A leading UTF-8 BOM is skipped, once.
+* An empty line dispatches the event being built. A line starting with `:` is a comment. Otherwise the line is
+  `field:value` (one leading space of the value is dropped) or a bare `field` with an empty value.
+  `data` lines are joined with LF; `event` sets the type (default "message"); `id` sets the last event id
+  unless it holds NUL; `retry` is honoured only when it is all ASCII digits; other fields are ignored.
+* An event with no data is not dispatched (its type is reset all the same). At end of stream an event
+  that never saw its blank line is discarded.
+
+`feed()` takes bytes cut anywhere — mid-line, between CR and LF, inside a UTF-8 sequence — and returns the
+events completed so far. A CR at the very end of a chunk could be the first half of a CRLF, so that one line
+waits for the next byte (or for `close()`); nothing else is held back.
+
+Each event carries `start` and `end`: absolute offsets into the byte stream (counting from the first byte
+ever fed, BOM included) of the frame it came from, from just after the previous blank line to just after its
+own. `boundary` is the offset just after the last blank line seen, dispatched or not. With those a caller can
+remove exactly one frame from the stream, or insert a line before one, without re-serializing anything.
+
+Buffers are bounded: a line longer than `MAX_LINE_BYTES`, or an event whose data grows past
+`MAX_EVENT_BYTES`, raises `FrameError`; the parser is then spent. Data is kept as bytes: the callers look for
+byte markers and hand JSON to msgspec, which takes bytes, so no decode is ever needed here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# One SSE line holds one JSON chunk for every provider we meet. The largest real ones are a few hundred KiB
+# (a tool call's arguments, a web-search result); 4 MiB leaves wide room above the 1 MiB we promise to accept.
+MAX_LINE_BYTES = 4 * 1024 * 1024
+# An event may span many data lines; bound the whole event too, so a stream without blank lines cannot grow
+# memory without limit.
+MAX_EVENT_BYTES = 16 * 1024 * 1024
+
+_BOM = b"\xef\xbb\xbf"
+
+
+class FrameError(Exception):
+    """The stream broke a framing limit. The parser is spent; forwarding is never affected."""
+
+
+@dataclass(frozen=True, slots=True)
+class SSEEvent:
+    data: bytes
+    event: str = "message"
+    id: str | None = None
+    retry: int | None = None
+    start: int = 0
+    end: int = 0
+
+
+class SSEParser:
+    def __init__(self) -> None:
+        self._buf = b""  # bytes not yet consumed: at most one partial line
+        self._base = 0  # absolute offset of self._buf[0]
+        self._at_start = True  # the BOM check is still pending
+        self._data: list[bytes] = []
+        self._data_size = 0
+        self._event_type = ""
+        self._last_id: str | None = None
+        self._retry: int | None = None
+        self._frame_start = 0
+        self.boundary = 0
+        self._failed = False
+
+    def feed(self, data: bytes) -> list[SSEEvent]:
+        if self._failed:
+            raise FrameError("the parser already failed")
+        buf = self._buf + data if self._buf else data
+        if self._at_start:
+            if len(buf) < len(_BOM) and _BOM.startswith(buf):
+                self._buf = buf
+                return []
+            self._at_start = False
+            if buf.startswith(_BOM):
+                buf = buf[len(_BOM) :]
+                self._base += len(_BOM)
+        return self._scan(buf, final=False)
+
+    def close(self) -> list[SSEEvent]:
+        """End of stream: a line held for a possible CRLF is processed; an unfinished event is dropped."""
+        if self._failed:
+            return []
+        buf, self._buf = self._buf, b""
+        events = self._scan(buf, final=True) if buf else []
+        self._failed = True  # nothing more may be fed
+        return events
+
+    def _scan(self, buf: bytes, final: bool) -> list[SSEEvent]:
+        events: list[SSEEvent] = []
+        pos = 0
+        size = len(buf)
+        # Cache the next CR and LF positions: scanning again from `pos` for a character that is not in the rest
+        # of the buffer would make many short lines quadratic.
+        lf = buf.find(b"\n")
+        cr = buf.find(b"\r")
+        while True:
+            if lf != -1 and lf < pos:
+                lf = buf.find(b"\n", pos)
+            if cr != -1 and cr < pos:
+                cr = buf.find(b"\r", pos)
+            if lf == -1 and cr == -1:
+                break
+            if cr == -1 or (lf != -1 and lf < cr):
+                end, nxt = lf, lf + 1
+            elif cr + 1 < size:
+                end, nxt = cr, (cr + 2 if buf[cr + 1] == 0x0A else cr + 1)
+            elif final:
+                end, nxt = cr, cr + 1
+            else:
+                break  # a CR as the last byte: wait to see whether LF follows
+            if end - pos > MAX_LINE_BYTES:
+                self._fail(f"line of {end - pos} bytes exceeds MAX_LINE_BYTES ({MAX_LINE_BYTES})")
+            event = self._line(buf[pos:end], self._base + nxt)
+            if event is not None:
+                events.append(event)
+            pos = nxt
+        rest = buf[pos:]
+        if len(rest) > MAX_LINE_BYTES:
+            self._fail(f"unterminated line exceeds MAX_LINE_BYTES ({MAX_LINE_BYTES})")
+        self._buf = rest
+        self._base += pos
+        return events
+
+    def _fail(self, message: str) -> None:
+        self._failed = True
+        self._buf = b""
+        self._data = []
+        raise FrameError(message)
+
+    def _line(self, line: bytes, after: int) -> SSEEvent | None:
+        if not line:
+            return self._dispatch(after)
+        if line[0] == 0x3A:  # ":" comment
+            return None
+        colon = line.find(b":")
+        if colon == -1:
+            field, value = line, b""
+        else:
+            field = line[:colon]
+            value = line[colon + 1 :]
+            if value[:1] == b" ":
+                value = value[1:]
+        if field == b"data":
+            self._data_size += len(value) + 1
+            if self._data_size > MAX_EVENT_BYTES:
+                self._fail(f"event data exceeds MAX_EVENT_BYTES ({MAX_EVENT_BYTES})")
+            self._data.append(value)
+        elif field == b"event":
+            self._event_type = value.decode("utf-8", "replace")
+        elif field == b"id":
+            if b"\x00" not in value:
+                self._last_id = value.decode("utf-8", "replace")
+        elif field == b"retry":
+            if value.isdigit():  # bytes.isdigit is ASCII-only, as the spec wants
+                self._retry = int(value)
+        return None
+
+    def _dispatch(self, after: int) -> SSEEvent | None:
+        start = self._frame_start
+        self._frame_start = self.boundary = after
+        if not self._data:
+            self._event_type = ""
+            self._retry = None
+            return None
+        data = self._data[0] if len(self._data) == 1 else b"\n".join(self._data)
+        event = SSEEvent(
+            data=data,
+            event=self._event_type or "message",
+            id=self._last_id,
+            retry=self._retry,
+            start=start,
+            end=after,
+        )
+        self._data = []
+        self._data_size = 0
+        self._event_type = ""
+        self._retry = None
+        return event

@@ -1,0 +1,83 @@
+"""Tokens → cost in USD, as an exact Decimal.
+
+Prices come from the `genai-prices` package (maintained price data, with cache-read/cache-write and tiered
+prices), unless the config overrides a model, which takes precedence:
+
+    cost = ((input - cached - cache_write) * input_per_mtok
+            + cached * cached_input_per_mtok
+            + cache_write * cache_write_per_mtok
+            + output * output_per_mtok) / 1,000,000
+
+`input` includes cache reads and writes (proxy.usage), and genai-prices' `input_tokens` means the same, so a
+Usage maps onto it field for field. A model with no price anywhere gets no cost and the status "unpriced",
+never a silent 0. There is no float anywhere on this path.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Literal
+
+import genai_prices
+import msgspec
+
+from proxy.usage import Usage
+
+CostStatus = Literal["priced", "unpriced"]
+MTOK = Decimal(1_000_000)
+
+# Our dialect names → genai-prices provider ids.
+_PROVIDER_IDS = {"openai": "openai", "anthropic": "anthropic", "gemini": "google", "bedrock": "aws"}
+
+
+class PriceOverride(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """USD per million tokens. Cache prices default to the input price when not given."""
+
+    input_per_mtok: Decimal
+    output_per_mtok: Decimal
+    cached_input_per_mtok: Decimal | None = None
+    cache_write_per_mtok: Decimal | None = None
+
+    def cost(self, usage: Usage) -> Decimal:
+        cached_rate = self.cached_input_per_mtok if self.cached_input_per_mtok is not None else self.input_per_mtok
+        write_rate = self.cache_write_per_mtok if self.cache_write_per_mtok is not None else self.input_per_mtok
+        uncached = usage.input_tokens - usage.cached_tokens - usage.cache_write_tokens
+        total = (
+            uncached * self.input_per_mtok
+            + usage.cached_tokens * cached_rate
+            + usage.cache_write_tokens * write_rate
+            + usage.output_tokens * self.output_per_mtok
+        )
+        return total / MTOK
+
+
+class Pricer:
+    def __init__(self, overrides: dict[str, PriceOverride]) -> None:
+        self._overrides = overrides
+        # genai-prices matches model names against its data on every call; remember the misses so an
+        # unpriced model costs one lookup, not one per request.
+        self._unpriced: set[tuple[str, str]] = set()
+
+    def price(self, provider: str, model: str, usage: Usage) -> tuple[Decimal | None, CostStatus]:
+        override = self._overrides.get(model)
+        if override is not None:
+            return override.cost(usage), "priced"
+        key = (provider, model)
+        if key in self._unpriced:
+            return None, "unpriced"
+        try:
+            calc = genai_prices.calc_price(
+                genai_prices.Usage(
+                    input_tokens=usage.input_tokens,
+                    cache_read_tokens=usage.cached_tokens,
+                    cache_write_tokens=usage.cache_write_tokens,
+                    output_tokens=usage.output_tokens,
+                ),
+                model_ref=model,
+                provider_id=_PROVIDER_IDS.get(provider, provider),
+            )
+        except LookupError:
+            if len(self._unpriced) < 10_000:
+                self._unpriced.add(key)
+            return None, "unpriced"
+        return Decimal(calc.total_price), "priced"

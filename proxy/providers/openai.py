@@ -1,0 +1,273 @@
+"""The OpenAI dialect: usage from chat/completions chunks, Responses events and plain JSON bodies.
+
+Theory of operation
+-------------------
+OpenAI-style streams are SSE; each event's data is one JSON object (or the `[DONE]` sentinel). Usage arrives:
+
+* chat / legacy completions: in a `usage` object, normally on a final chunk with `choices: []` (only when the
+  request set `stream_options.include_usage`), but some compatible upstreams put it on the finish chunk with
+  non-empty choices (DeepSeek, Groq, Mistral, Z.ai), Groq may report it only in `x_groq.usage`, and an error
+  chunk may itself carry usage (OpenRouter). `usage: null` on ordinary chunks means "not yet". The LAST usage
+  seen wins.
+* Responses API: in `response.usage` of the terminal event — `response.completed`, `response.failed` or
+  `response.incomplete` (null when there is nothing to bill).
+* non-streaming: a top-level `usage` in the JSON body (embeddings report `prompt_tokens` only).
+
+`choices: []` alone does not mean "usage chunk": Azure's first chunk has empty choices and
+`prompt_filter_results`. A chunk is the *usage-only chunk* that include_usage adds when its choices are empty,
+its usage is an object, and it carries no error; that is the one frame `OpenAIFrameFilter` may remove.
+
+Cost of the sidecar: every event is checked for the byte marker `"usage"` before any JSON is decoded, and the
+decoders are module-level msgspec Decoders over view Structs holding only the usage fields.
+
+Normalization (see proxy.usage): OpenAI's prompt/input tokens already include cached tokens; output tokens
+include reasoning tokens; there is no cache-write count in this dialect.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import msgspec
+
+from proxy.parsers.sse import FrameError, SSEEvent, SSEParser
+from proxy.usage import Usage, UsageStatus
+
+_USAGE_MARKER = b'"usage"'
+# msgspec cannot put Raw in a union with None; an empty Raw stands for "field absent".
+_ABSENT = msgspec.Raw()
+_DONE = b"[DONE]"
+_TERMINAL_RESPONSE_EVENTS = frozenset({"response.completed", "response.failed", "response.incomplete"})
+
+
+class _Details(msgspec.Struct):
+    cached_tokens: int | None = None
+    reasoning_tokens: int | None = None
+
+
+class _UsageView(msgspec.Struct):
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    prompt_tokens_details: _Details | None = None
+    completion_tokens_details: _Details | None = None
+    input_tokens_details: _Details | None = None
+    output_tokens_details: _Details | None = None
+    prompt_cache_hit_tokens: int | None = None  # DeepSeek
+
+
+class _XGroq(msgspec.Struct):
+    usage: msgspec.Raw = _ABSENT
+
+
+class _ChunkView(msgspec.Struct):
+    choices: list[msgspec.Raw] | None = None
+    usage: msgspec.Raw = _ABSENT
+    x_groq: _XGroq | None = None
+    error: msgspec.Raw = _ABSENT
+
+
+class _ResponseView(msgspec.Struct):
+    usage: msgspec.Raw = _ABSENT
+
+
+class _ResponseEventView(msgspec.Struct):
+    type: str = ""
+    response: _ResponseView | None = None
+
+
+class _BodyView(msgspec.Struct):
+    usage: msgspec.Raw = _ABSENT
+
+
+_decode_usage = msgspec.json.Decoder(_UsageView).decode
+_decode_chunk = msgspec.json.Decoder(_ChunkView).decode
+_decode_response_event = msgspec.json.Decoder(_ResponseEventView).decode
+_decode_body = msgspec.json.Decoder(_BodyView).decode
+
+DecodeErrors = (msgspec.DecodeError, msgspec.ValidationError)
+
+
+def _present(raw: msgspec.Raw) -> bool:
+    """The field was there and was not null."""
+    return bool(raw) and bytes(raw) != b"null"
+
+
+def normalize(raw: msgspec.Raw) -> Usage | None:
+    """An OpenAI-style usage object as a `Usage`; None when it holds no token counts at all."""
+    view = _decode_usage(raw)
+    prompt = view.prompt_tokens if view.prompt_tokens is not None else view.input_tokens
+    completion = view.completion_tokens if view.completion_tokens is not None else view.output_tokens
+    if prompt is None and completion is None:
+        return None
+    details_in = view.prompt_tokens_details or view.input_tokens_details
+    cached = details_in.cached_tokens if details_in is not None else None
+    if cached is None:
+        cached = view.prompt_cache_hit_tokens
+    details_out = view.completion_tokens_details or view.output_tokens_details
+    reasoning = details_out.reasoning_tokens if details_out is not None else None
+    return Usage(
+        input_tokens=prompt or 0,
+        cached_tokens=cached or 0,
+        cache_write_tokens=0,
+        output_tokens=completion or 0,
+        reasoning_tokens=reasoning or 0,
+        raw=bytes(raw).decode("utf-8", "replace"),
+    )
+
+
+def usage_from_body(endpoint: str, body: bytes) -> Usage | None:
+    """Usage in a non-streaming JSON body. Raises msgspec's DecodeError/ValidationError on a malformed body."""
+    view = _decode_body(body)
+    return normalize(view.usage) if _present(view.usage) else None
+
+
+class OpenAIStreamMeter:
+    """Reads an OpenAI-style SSE stream for usage. Never raises; a failure marks the status "unparsed"."""
+
+    def __init__(self, endpoint: str) -> None:
+        self._responses = endpoint == "responses"
+        self.parser = SSEParser()
+        self.usage: Usage | None = None
+        self._failed = False
+
+    @property
+    def status(self) -> UsageStatus:
+        if self.usage is not None:
+            return "reported"
+        return "unparsed" if self._failed else "missing"
+
+    def feed(self, data: bytes) -> None:
+        if self._failed:
+            return
+        try:
+            events = self.parser.feed(data)
+        except FrameError:
+            self._failed = True
+            return
+        for event in events:
+            self.observe(event)
+
+    def close(self) -> None:
+        if self._failed:
+            return
+        for event in self.parser.close():
+            self.observe(event)
+
+    def fail(self) -> None:
+        self._failed = True
+
+    def observe(self, event: SSEEvent) -> bool:
+        """Take the usage from one event, if it has some. True when it is the usage-only chunk."""
+        data = event.data
+        if _USAGE_MARKER not in data:
+            return False
+        try:
+            if self._responses:
+                self._observe_response_event(data)
+                return False
+            return self._observe_chunk(data)
+        except DecodeErrors:
+            self._failed = True
+            return False
+
+    def _observe_chunk(self, data: bytes) -> bool:
+        chunk = _decode_chunk(data)
+        top_level = _present(chunk.usage)
+        if top_level:
+            raw = chunk.usage
+        elif chunk.x_groq is not None and _present(chunk.x_groq.usage):
+            raw = chunk.x_groq.usage
+        else:
+            return False
+        usage = normalize(raw)
+        if usage is not None:
+            self.usage = usage
+        return top_level and chunk.choices == [] and not chunk.error
+
+    def _observe_response_event(self, data: bytes) -> None:
+        event = _decode_response_event(data)
+        if event.type in _TERMINAL_RESPONSE_EVENTS and event.response is not None and _present(event.response.usage):
+            usage = normalize(event.response.usage)
+            if usage is not None:
+                self.usage = usage
+
+
+class OpenAIFrameFilter:
+    """Forwards an SSE stream frame by frame, removing the usage-only chunk and/or inserting a comment line.
+
+    Used only when the proxy changed what the upstream sends (include_usage injected on the client's behalf)
+    or the client asked for inline usage. Output equals input except: with `strip_usage_chunk`, the bytes of
+    the usage-only chunk's frame are left out; with `make_comment`, its line goes just before the `[DONE]`
+    frame, or at the end of a stream that has none. Bytes of an unfinished frame wait for the rest of it (an
+    SSE client cannot act on part of a frame); everything up to the last frame boundary is released at once.
+    The meter is fed from the same parse. After a FrameError the filter passes everything through unchanged.
+    """
+
+    def __init__(
+        self,
+        meter: OpenAIStreamMeter,
+        strip_usage_chunk: bool,
+        make_comment: Callable[[], bytes] | None = None,
+    ) -> None:
+        self.meter = meter
+        self._strip = strip_usage_chunk
+        self._make_comment = make_comment
+        self._pending = bytearray()
+        self._base = 0  # absolute stream offset of self._pending[0]
+        self._passthrough = False
+        self._inserted = False
+
+    def feed(self, data: bytes) -> bytes:
+        if self._passthrough:
+            return data
+        self._pending += data
+        try:
+            events = self.meter.parser.feed(data)
+        except FrameError:
+            return self._give_up()
+        return self._release(events, self.meter.parser.boundary)
+
+    def close(self) -> bytes:
+        if self._passthrough:
+            return b""
+        try:
+            events = self.meter.parser.close()
+        except FrameError:
+            return self._give_up()
+        out = self._release(events, self._base + len(self._pending))
+        if self._make_comment is not None and not self._inserted:
+            self._inserted = True
+            out += self._make_comment()
+        return out
+
+    def _give_up(self) -> bytes:
+        self._passthrough = True
+        self.meter.fail()
+        out = bytes(self._pending)
+        self._pending.clear()
+        return out
+
+    def _release(self, events: list[SSEEvent], upto: int) -> bytes:
+        if not events and upto == self._base:
+            return b""
+        out = bytearray()
+        cursor = self._base
+        base = self._base
+        pending = self._pending
+        for event in events:
+            usage_only = self.meter.observe(event)
+            if self._make_comment is not None and not self._inserted and event.data == _DONE:
+                out += pending[cursor - base : event.start - base]
+                cursor = event.start
+                self._inserted = True
+                out += self._make_comment()
+            if usage_only and self._strip:
+                out += pending[cursor - base : event.start - base]
+                cursor = event.end
+        upto = max(upto, cursor)
+        out += pending[cursor - base : upto - base]
+        del pending[: upto - base]
+        self._base = upto
+        return bytes(out)
