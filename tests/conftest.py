@@ -26,7 +26,7 @@ def load_expected() -> list[dict[str, Any]]:
     return rows
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def shared_fixtures() -> pathlib.Path:
     if not SHARED_FIXTURES.is_dir():
         pytest.skip(f"provider captures not found at {SHARED_FIXTURES} (../shared is absent)")

@@ -98,14 +98,16 @@ class LoopThread:
         self.loop.close()
 
 
-def proxy_config_text(upstream_url: str, ledger_path: str, extra: str = "", provider_extra: str = "") -> str:
+def proxy_config_text(
+    upstream_url: str, ledger_path: str, extra: str = "", provider_extra: str = "", ledger: str | None = None
+) -> str:
     return f"""
 [server]
 bind = "127.0.0.1:0"
 max_body_bytes = 1048576
 
 [ledger]
-path = "{ledger_path}"
+{ledger or f'path = "{ledger_path}"'}
 
 [[providers]]
 name = "replay"
@@ -211,12 +213,14 @@ class Stack:
             time.sleep(0.02)
 
 
-def start_stack(tmp_path: Any, extra: str = "", provider_extra: str = "") -> Iterator[Stack]:
+def start_stack(tmp_path: Any, extra: str = "", provider_extra: str = "", ledger: str | None = None) -> Iterator[Stack]:
     loop = LoopThread()
     upstream = ReplayUpstream()
     loop.run(upstream.server.start())
     ledger_path = str(tmp_path / "ledger.db")
-    config = parse_config(proxy_config_text(upstream.base_url, ledger_path, extra, provider_extra), "test-config")
+    config = parse_config(
+        proxy_config_text(upstream.base_url, ledger_path, extra, provider_extra, ledger), "test-config"
+    )
     proxy = ProxyServer(loop, config)
     proxy.start()
     try:

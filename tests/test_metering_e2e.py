@@ -11,7 +11,6 @@ import json
 import pathlib
 import socket
 import subprocess
-import time
 from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any

@@ -1,0 +1,246 @@
+"""The OpenAI dialect's conformance corpus: every OpenAI-style capture gives exactly its expected usage, fed
+whole, byte by byte, and in random chunks; the frame filter removes exactly the usage-only frame."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+from typing import Any
+
+import msgspec
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from proxy.parsers.sse import MAX_LINE_BYTES
+from proxy.providers.openai import OpenAIFrameFilter, OpenAIStreamMeter, usage_from_body
+from proxy.usage import Usage
+from tests.conftest import SHARED_FIXTURES, load_expected
+
+ROWS = [row for row in load_expected() if row["format"] in ("openai_chat", "openai_responses")]
+
+
+def endpoint(row: dict[str, Any]) -> str:
+    if row["format"] == "openai_responses":
+        return "responses"
+    return "completions" if "completions_legacy" in row["file"] else "chat"
+
+
+def meter(row: dict[str, Any], body: bytes, sizes: list[int] | None = None) -> OpenAIStreamMeter:
+    m = OpenAIStreamMeter(endpoint(row))
+    if sizes is None:
+        m.feed(body)
+    else:
+        pos = 0
+        for size in sizes:
+            m.feed(body[pos : pos + size])
+            pos += size
+        m.feed(body[pos:])
+    m.close()
+    return m
+
+
+def check(row: dict[str, Any], m: OpenAIStreamMeter) -> None:
+    exp = row["expected"]
+    if "input_tokens" not in exp:
+        assert m.usage is None
+        assert m.status == "missing"
+        return
+    assert m.status == "reported"
+    assert m.usage is not None
+    got = (m.usage.input_tokens, m.usage.output_tokens, m.usage.cached_tokens, m.usage.reasoning_tokens)
+    want = (
+        exp["input_tokens"],
+        exp["output_tokens"],
+        exp.get("cached_input_tokens") or 0,
+        exp.get("reasoning_tokens") or 0,
+    )
+    assert got == want
+    assert m.usage.cache_write_tokens == 0
+    raw = json.loads(m.usage.raw)  # the upstream's own usage object, kept verbatim for audit
+    assert raw.get("prompt_tokens", raw.get("input_tokens")) == exp["input_tokens"]
+
+
+@pytest.mark.parametrize("row", ROWS, ids=[r["file"] for r in ROWS])
+def test_capture_whole_and_byte_by_byte(shared_fixtures: pathlib.Path, row: dict[str, Any]) -> None:
+    body = (shared_fixtures / row["file"]).read_bytes()
+    check(row, meter(row, body))
+    check(row, meter(row, body, [1] * len(body)))
+    check(row, meter(row, body + b'data: {"trailing": '))  # an unfinished trailing frame changes nothing
+
+
+@settings(max_examples=60, deadline=None)
+@given(data=st.data())
+def test_capture_in_random_chunks(shared_fixtures: pathlib.Path, data: st.DataObject) -> None:
+    row = data.draw(st.sampled_from(ROWS))
+    body = (shared_fixtures / row["file"]).read_bytes()
+    sizes = data.draw(st.lists(st.integers(min_value=1, max_value=2048), max_size=60))
+    check(row, meter(row, body, sizes))
+
+
+def test_corpus_is_present_when_shared_is() -> None:
+    if SHARED_FIXTURES.is_dir():
+        assert len(ROWS) >= 20
+
+
+# --- small fixtures of our own -----------------------------------------------------------------------------
+
+
+def test_last_usage_wins_and_null_usage_is_ignored() -> None:
+    stream = (
+        b'data: {"choices":[{"index":0,"delta":{"content":"a"}}],"usage":null}\n\n'
+        b'data: {"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":1}}\n\n'
+        b'data: {"choices":[],"usage":{"prompt_tokens":5,"completion_tokens":2}}\n\n'
+        b"data: [DONE]\n\n"
+    )
+    m = OpenAIStreamMeter("chat")
+    m.feed(stream)
+    m.close()
+    assert m.usage is not None and (m.usage.input_tokens, m.usage.output_tokens) == (5, 2)
+
+
+def test_malformed_usage_frame_is_unparsed_not_raised() -> None:
+    m = OpenAIStreamMeter("chat")
+    m.feed(b'data: {"choices":[],"usage":{"prompt_tokens":"many"}}\n\n')
+    m.close()
+    assert (m.usage, m.status) == (None, "unparsed")
+
+
+def test_frame_limit_is_unparsed_not_raised() -> None:
+    m = OpenAIStreamMeter("chat")
+    m.feed(b"data: " + b"x" * (MAX_LINE_BYTES + 1))
+    m.close()
+    assert m.status == "unparsed"
+
+
+@pytest.mark.parametrize(
+    ("endpoint_name", "body", "expected"),
+    [
+        (
+            "chat",
+            b'{"id":"x","choices":[{"message":{"content":"hi"}}],"usage":{"prompt_tokens":9,"completion_tokens":4,'
+            b'"prompt_tokens_details":{"cached_tokens":8},"completion_tokens_details":{"reasoning_tokens":2}}}',
+            Usage(input_tokens=9, cached_tokens=8, output_tokens=4, reasoning_tokens=2),
+        ),
+        (
+            "responses",
+            b'{"id":"resp","output":[],"usage":{"input_tokens":20,"input_tokens_details":{"cached_tokens":16},'
+            b'"output_tokens":7,"output_tokens_details":{"reasoning_tokens":5},"total_tokens":27}}',
+            Usage(input_tokens=20, cached_tokens=16, output_tokens=7, reasoning_tokens=5),
+        ),
+        (
+            "embeddings",
+            b'{"object":"list","data":[{"embedding":[0.1]}],"usage":{"prompt_tokens":6,"total_tokens":6}}',
+            Usage(input_tokens=6),
+        ),
+        ("chat", b'{"choices":[],"usage":null}', None),
+        ("chat", b'{"error":{"message":"nope"}}', None),
+    ],
+)
+def test_non_streaming_bodies(endpoint_name: str, body: bytes, expected: Usage | None) -> None:
+    usage = usage_from_body(endpoint_name, body)
+    if expected is None:
+        assert usage is None
+    else:
+        assert usage is not None
+        assert msgspec.structs.replace(usage, raw="") == expected
+        assert json.loads(usage.raw) == json.loads(body)["usage"]
+
+
+def test_non_streaming_garbage_raises_decode_error() -> None:
+    with pytest.raises(msgspec.DecodeError):
+        usage_from_body("chat", b'{"usage": {')
+
+
+# --- the frame filter --------------------------------------------------------------------------------------
+
+
+def frames(body: bytes) -> list[bytes]:
+    parts = body.split(b"\n\n")
+    return [p + b"\n\n" for p in parts[:-1]] + ([parts[-1]] if parts[-1] else [])
+
+
+def usage_only(frame: bytes) -> bool:
+    if not frame.startswith(b"data: {"):
+        return False
+    chunk = json.loads(frame[6:])
+    return chunk.get("choices") == [] and isinstance(chunk.get("usage"), dict) and "error" not in chunk
+
+
+def run_filter(body: bytes, sizes: list[int], strip: bool, comment: bytes | None) -> tuple[bytes, OpenAIStreamMeter]:
+    m = OpenAIStreamMeter("chat")
+    f = OpenAIFrameFilter(m, strip_usage_chunk=strip, make_comment=(lambda: comment) if comment else None)
+    out = b""
+    pos = 0
+    for size in sizes:
+        out += f.feed(body[pos : pos + size])
+        pos += size
+    out += f.feed(body[pos:])
+    out += f.close()
+    return out, m
+
+
+CHAT_ROWS = [r for r in ROWS if r["format"] == "openai_chat"]
+
+
+@pytest.mark.parametrize("row", CHAT_ROWS, ids=[r["file"] for r in CHAT_ROWS])
+def test_filter_removes_exactly_the_usage_only_frame(shared_fixtures: pathlib.Path, row: dict[str, Any]) -> None:
+    body = (shared_fixtures / row["file"]).read_bytes()
+    out, m = run_filter(body, [1] * 200 + [777] * 40, strip=True, comment=None)
+    assert out == b"".join(f for f in frames(body) if not usage_only(f))
+    check(row, m)
+    unchanged, _ = run_filter(body, [4096], strip=False, comment=None)
+    assert unchanged == body
+
+
+def test_filter_keeps_azure_prompt_filter_chunk(shared_fixtures: pathlib.Path) -> None:
+    body = (shared_fixtures / "openai/chat_azure_content_filter.sse").read_bytes()
+    out, _ = run_filter(body, [50], strip=True, comment=None)
+    assert b"prompt_filter_results" in frames(body)[0]
+    assert out.startswith(frames(body)[0])  # choices: [] without usage is forwarded
+
+
+def test_filter_keeps_an_error_chunk_that_carries_usage(shared_fixtures: pathlib.Path) -> None:
+    body = (shared_fixtures / "compat/openrouter_midstream_error_with_usage.sse").read_bytes()
+    out, m = run_filter(body, [64], strip=True, comment=None)
+    assert out == body
+    assert m.usage is not None and m.usage.input_tokens == 43
+
+
+def test_comment_goes_just_before_done_or_at_the_end() -> None:
+    stream = b'data: {"choices":[],"usage":{"prompt_tokens":1,"completion_tokens":1}}\n\ndata: [DONE]\n\n'
+    out, _ = run_filter(stream, [3, 9], strip=False, comment=b": x-teeproxy-usage {}\n")
+    assert out == stream.replace(b"data: [DONE]", b": x-teeproxy-usage {}\ndata: [DONE]")
+    no_done = b'data: {"choices":[{"index":0}]}\n\n'
+    out, _ = run_filter(no_done, [5], strip=False, comment=b": c\n")
+    assert out == no_done + b": c\n"
+
+
+def test_keepalive_comments_are_not_held_back() -> None:
+    m = OpenAIStreamMeter("chat")
+    f = OpenAIFrameFilter(m, strip_usage_chunk=True)
+    assert f.feed(b": keep-alive\n\n") == b": keep-alive\n\n"
+    assert f.feed(b'data: {"choices":[{"index":0}]}\n') == b""  # half a frame waits ...
+    assert f.feed(b"\n") == b'data: {"choices":[{"index":0}]}\n\n'  # ... for its blank line
+
+
+def test_filter_passes_everything_through_after_a_frame_error() -> None:
+    m = OpenAIStreamMeter("chat")
+    f = OpenAIFrameFilter(m, strip_usage_chunk=True)
+    head = b'data: {"choices":[]}\n\ndata: ' + b"x" * 1000
+    out = f.feed(head)
+    huge = b"y" * (MAX_LINE_BYTES + 10)
+    out += f.feed(huge)
+    out += f.feed(b"\n\ndata: [DONE]\n\n") + f.close()
+    assert out == head + huge + b"\n\ndata: [DONE]\n\n"
+    assert m.status == "unparsed"
+
+
+@settings(max_examples=40, deadline=None)
+@given(data=st.data())
+def test_filter_output_does_not_depend_on_chunking(shared_fixtures: pathlib.Path, data: st.DataObject) -> None:
+    row = data.draw(st.sampled_from(CHAT_ROWS))
+    body = (shared_fixtures / row["file"]).read_bytes()
+    sizes = data.draw(st.lists(st.integers(min_value=1, max_value=1500), max_size=50))
+    strip = data.draw(st.booleans())
+    assert run_filter(body, sizes, strip, b": c\n")[0] == run_filter(body, [len(body)], strip, b": c\n")[0]

@@ -1,0 +1,161 @@
+"""The SSE parser against the WHATWG rules, and the property that chunking never changes the events."""
+
+from __future__ import annotations
+
+import pathlib
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from proxy.parsers.sse import MAX_LINE_BYTES, FrameError, SSEEvent, SSEParser
+from tests.conftest import SHARED_FIXTURES
+
+
+def parse(data: bytes, sizes: list[int] | None = None) -> list[SSEEvent]:
+    parser = SSEParser()
+    events: list[SSEEvent] = []
+    if sizes is None:
+        events += parser.feed(data)
+    else:
+        pos = 0
+        for size in sizes:
+            events += parser.feed(data[pos : pos + size])
+            pos += size
+        events += parser.feed(data[pos:])
+    return events + parser.close()
+
+
+def simple(events: list[SSEEvent]) -> list[tuple[str, bytes]]:
+    return [(e.event, e.data) for e in events]
+
+
+@pytest.mark.parametrize("eol", [b"\n", b"\r", b"\r\n"])
+def test_each_line_ending(eol: bytes) -> None:
+    stream = b"data: a" + eol + b"data: b" + eol + eol + b"event: x" + eol + b"data: c" + eol + eol
+    assert simple(parse(stream)) == [("message", b"a\nb"), ("x", b"c")]
+
+
+def test_mixed_line_endings_and_cr_split_from_lf() -> None:
+    stream = b"data: 1\r\n\r\ndata: 2\r\rdata: 3\n\n"
+    for cut in range(len(stream) + 1):
+        parser = SSEParser()
+        events = parser.feed(stream[:cut]) + parser.feed(stream[cut:]) + parser.close()
+        assert simple(events) == [("message", b"1"), ("message", b"2"), ("message", b"3")], cut
+
+
+def test_crlf_split_across_feeds_is_one_line_end() -> None:
+    parser = SSEParser()
+    assert parser.feed(b"data: a\r") == []
+    # The LF completes the CRLF; if it were read as a second line end, the event would dispatch here.
+    assert parser.feed(b"\n") == []
+    assert simple(parser.feed(b"\r\n")) == [("message", b"a")]
+
+
+def test_bom_is_skipped_once_even_when_split() -> None:
+    stream = b"\xef\xbb\xbfdata: x\n\n\xef\xbb\xbfdata: y\n\n"
+    for cut in range(4):
+        parser = SSEParser()
+        events = parser.feed(stream[:cut]) + parser.feed(stream[cut:]) + parser.close()
+        # Only the first BOM is skipped; the second makes an unknown field name, ignored.
+        assert simple(events) == [("message", b"x")]
+
+
+def test_fields_comments_and_spaces() -> None:
+    stream = b": a comment\ndata:no-space\ndata:  two-spaces\ndata\nunknown: ignored\nid: 7\nretry: 1500\n\n"
+    [event] = parse(stream)
+    assert event.data == b"no-space\n two-spaces\n"
+    assert event.id == "7"
+    assert event.retry == 1500
+
+
+def test_retry_not_all_digits_and_id_with_nul_are_ignored() -> None:
+    [event] = parse(b"id: 1\n\nid: a\x00b\nretry: 12x\ndata: d\n\n")[-1:]
+    assert event.id == "1"  # the last event id persists; the one with NUL is ignored
+    assert event.retry is None
+
+
+def test_event_type_resets_after_dispatch_and_empty_data_dispatches_nothing() -> None:
+    events = parse(b"event: a\n\nevent: b\ndata: 1\n\ndata: 2\n\n")
+    assert simple(events) == [("b", b"1"), ("message", b"2")]
+
+
+def test_unfinished_event_at_eof_is_discarded() -> None:
+    assert simple(parse(b"data: done\n\ndata: never-dispatched\n")) == [("message", b"done")]
+    assert simple(parse(b"data: done\n\ndata: no-newline")) == [("message", b"done")]
+
+
+def test_utf8_split_anywhere() -> None:
+    stream = "data: héllo wörld 🚀\n\n".encode()
+    for cut in range(len(stream)):
+        assert simple(parse(stream, [cut])) == [("message", "héllo wörld 🚀".encode())]
+
+
+def test_offsets_delimit_each_frame() -> None:
+    stream = b": ping\n\ndata: 1\n\n: note\ndata: 2\n\n\n\ndata: 3\n\n"
+    events = parse(stream, [3, 5, 1])
+    assert [stream[e.start : e.end] for e in events] == [b"data: 1\n\n", b": note\ndata: 2\n\n", b"data: 3\n\n"]
+
+
+def test_one_mebibyte_line_is_accepted_and_the_limit_raises() -> None:
+    big = b"x" * (1024 * 1024)
+    [event] = parse(b"data: " + big + b"\n\n", [65536] * 17)
+    assert event.data == big
+    parser = SSEParser()
+    with pytest.raises(FrameError):
+        for _ in range(MAX_LINE_BYTES // 65536 + 2):
+            parser.feed(b"y" * 65536)
+
+
+# --- properties ---------------------------------------------------------------------------------------------
+
+_lines = st.lists(
+    st.one_of(
+        st.builds(lambda v: b"data: " + v, st.binary(max_size=20).filter(lambda b: b"\r" not in b and b"\n" not in b)),
+        st.sampled_from([b"", b": comment", b"event: x", b"id: 3", b"retry: 10", b"data", b"data:"]),
+    ),
+    max_size=30,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(lines=_lines, eols=st.lists(st.sampled_from([b"\n", b"\r", b"\r\n"]), min_size=1), data=st.data())
+def test_any_chunking_gives_the_same_events(lines: list[bytes], eols: list[bytes], data: st.DataObject) -> None:
+    stream = b"".join(line + eols[i % len(eols)] for i, line in enumerate(lines))
+    sizes = data.draw(st.lists(st.integers(min_value=0, max_value=len(stream) + 1), max_size=20))
+    assert parse(stream, sizes) == parse(stream)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=400), st.lists(st.integers(min_value=0, max_value=50), max_size=10))
+def test_any_bytes_give_events_or_frame_error(blob: bytes, sizes: list[int]) -> None:
+    try:
+        events = parse(blob, sizes)
+    except FrameError:
+        return
+    assert all(isinstance(e, SSEEvent) and 0 <= e.start < e.end <= len(blob) for e in events)
+
+
+def _fixture_files() -> list[pathlib.Path]:
+    if not SHARED_FIXTURES.is_dir():
+        return []
+    return sorted(p for p in SHARED_FIXTURES.rglob("*.sse"))
+
+
+@pytest.mark.parametrize("path", _fixture_files(), ids=lambda p: str(p.relative_to(SHARED_FIXTURES)))
+def test_captures_whole_byte_by_byte_and_with_trailing_data(path: pathlib.Path) -> None:
+    stream = path.read_bytes()
+    whole = parse(stream)
+    assert whole
+    assert parse(stream, [1] * len(stream)) == whole
+    # Trailing bytes of an unfinished event change nothing before them.
+    assert parse(stream + b"data: trailing") == whole
+
+
+@settings(max_examples=25, deadline=None)
+@given(data=st.data())
+def test_captures_in_random_chunks(shared_fixtures: pathlib.Path, data: st.DataObject) -> None:
+    path = data.draw(st.sampled_from(_fixture_files()))
+    stream = path.read_bytes()
+    sizes = data.draw(st.lists(st.integers(min_value=1, max_value=4096), max_size=40))
+    assert parse(stream, sizes) == parse(stream)
