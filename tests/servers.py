@@ -133,12 +133,12 @@ output_per_mtok = "0.60"
 """
 
 
-class ProxyServer:
-    """The proxy app under a real hypercorn (HTTP/1.1 + h2c) on 127.0.0.1:<ephemeral>."""
+class HypercornServer:
+    """An ASGI app under a real hypercorn (HTTP/1.1 + h2c) on 127.0.0.1:<ephemeral>, served from `loop`."""
 
-    def __init__(self, loop: LoopThread, config: Config) -> None:
+    def __init__(self, loop: LoopThread, app: Any) -> None:
         self._loop = loop
-        self.app = TeeProxy(config, http11_trailers=install_http11_trailers())
+        self.app = app
         hc = HypercornConfig()
         hc.bind = ["127.0.0.1:0"]
         hc.accesslog = None
@@ -166,7 +166,7 @@ class ProxyServer:
 
             self._done = asyncio.ensure_future(_serve())  # noqa: TID251 - kept in self._done and awaited in stop()
             for _ in range(2000):  # start-up is polled: the app has no "ready" event of its own
-                if self.app.state is not None or self._done.done():
+                if self.ready() or self._done.done():
                     break
                 await asyncio.sleep(0.005)
             if self._done.done():
@@ -181,6 +181,17 @@ class ProxyServer:
             await self._done
 
         self._loop.run(_stop())
+
+    def ready(self) -> bool:
+        return True
+
+
+class ProxyServer(HypercornServer):
+    def __init__(self, loop: LoopThread, config: Config) -> None:
+        super().__init__(loop, TeeProxy(config, http11_trailers=install_http11_trailers()))
+
+    def ready(self) -> bool:
+        return self.app.state is not None
 
 
 @dataclass

@@ -7,6 +7,7 @@ import asyncio
 import json
 import pathlib
 import sqlite3
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -183,6 +184,13 @@ def test_proxy_writes_to_postgres(postgres_url: str, tmp_path: pathlib.Path, mon
             headers={"authorization": f"Bearer {CLIENT_KEY}", "x-teeproxy-request-id": "pg-1"},
         )
         assert response.status_code == 200
-        stack.records()  # waits for the proxy to finish and flush
-    [got] = open_ledger(None, postgres_url).query("pg-1")
+        got = None
+        for _ in range(500):  # the record trails the response's last byte by a moment
+            stack.flush_ledger()
+            found = open_ledger(None, postgres_url).query("pg-1")
+            if found:
+                [got] = found
+                break
+            time.sleep(0.02)
+    assert got is not None
     assert (got.input_tokens, got.output_tokens, got.cost) == (7, 3, "0.00000285")
