@@ -94,6 +94,6 @@ def install() -> None:
                 return
         await original_stream_send(self, event)
 
-    stream_cls.app_send = app_send
-    protocol_cls.stream_send = stream_send
+    stream_cls.app_send = app_send  # type: ignore[method-assign]
+    protocol_cls.stream_send = stream_send  # type: ignore[method-assign]
     _installed = True
