@@ -15,7 +15,9 @@ import asyncio
 import json
 import re
 
-_NUMBER = {name: re.compile(rb'"' + name.encode() + rb'"\s*:\s*(\d+)') for name in ("n_chunks", "chunk_bytes", "delay_ms")}
+_NUMBER = {
+    name: re.compile(rb'"' + name.encode() + rb'"\s*:\s*(\d+)') for name in ("n_chunks", "chunk_bytes", "delay_ms")
+}
 _HEAD = (
     b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\n"
     b"transfer-encoding: chunked\r\n\r\n"
@@ -34,14 +36,25 @@ class Frames:
         pad = max(1, chunk_bytes - len(empty))
         self.content = _chunked(self._frame("x" * pad))
         usage = {"prompt_tokens": 10, "completion_tokens": 0, "total_tokens": 10}
-        self.usage_template = {"id": "chatcmpl-bench", "object": "chat.completion.chunk", "created": 0,
-                               "model": "gpt-4o-mini", "choices": [], "usage": usage}
+        self.usage_template = {
+            "id": "chatcmpl-bench",
+            "object": "chat.completion.chunk",
+            "created": 0,
+            "model": "gpt-4o-mini",
+            "choices": [],
+            "usage": usage,
+        }
         self.done = _chunked(b"data: [DONE]\n\n") + b"0\r\n\r\n"
 
     @staticmethod
     def _frame(content: str) -> bytes:
-        chunk = {"id": "chatcmpl-bench", "object": "chat.completion.chunk", "created": 0, "model": "gpt-4o-mini",
-                 "choices": [{"index": 0, "delta": {"content": content}, "finish_reason": None}]}
+        chunk = {
+            "id": "chatcmpl-bench",
+            "object": "chat.completion.chunk",
+            "created": 0,
+            "model": "gpt-4o-mini",
+            "choices": [{"index": 0, "delta": {"content": content}, "finish_reason": None}],
+        }
         return b"data: " + json.dumps(chunk, separators=(",", ":")).encode() + b"\n\n"
 
     def usage(self, n: int) -> bytes:
