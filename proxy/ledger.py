@@ -2,7 +2,7 @@
 
 One `LedgerRecord` per request that reached an upstream. `submit()` is what the hot path calls: it enqueues
 and returns at once, never raises. One writer task drains the queue in batches (up to `MAX_BATCH` records,
-whatever has gathered while the last batch was written) and writes each batch in a worker thread in one
+whatever has gathered within `BATCH_LINGER_S` of the first) and writes each batch in a worker thread in one
 transaction. A failed write is logged and retried with backoff, batch kept: records are never dropped.
 `flush()` waits until everything submitted is durable; `aclose()` flushes, then closes.
 
@@ -25,6 +25,9 @@ import msgspec
 log = logging.getLogger("teeproxy.ledger")
 
 MAX_BATCH = 500
+# After the first record of a batch arrives, wait this long for more: one transaction per 20 ms at most, not
+# one per request, while a record still becomes durable within a few tens of milliseconds.
+BATCH_LINGER_S = 0.02
 RETRY_DELAYS_S = (0.05, 0.2, 1.0, 5.0)
 
 
@@ -232,6 +235,7 @@ class Ledger:
     async def _write_forever(self) -> None:
         while True:
             batch = [await self._queue.get()]
+            await asyncio.sleep(BATCH_LINGER_S)
             while len(batch) < MAX_BATCH and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
             await self._write(batch)
