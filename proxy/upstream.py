@@ -47,7 +47,10 @@ class _Stream(AnyIOStream):
         return super().get_extra_info(info)
 
     async def start_tls(
-        self, ssl_context: ssl.SSLContext, server_hostname: str | None = None, timeout: float | None = None
+        self,
+        ssl_context: ssl.SSLContext,
+        server_hostname: str | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109 - httpcore's interface
     ) -> httpcore.AsyncNetworkStream:
         tls = await super().start_tls(ssl_context, server_hostname, timeout)
         assert isinstance(tls, AnyIOStream)
