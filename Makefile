@@ -29,7 +29,12 @@ format: $(STAMP)
 	$(BIN)/ruff format proxy tests bench
 	$(BIN)/ruff check --fix proxy tests bench
 
-bench: $(STAMP)
+# LiteLLM's proxy is a further column when it installs (its own venv: its pins must not touch ours).
+LITELLM := bench/.litellm-venv/bin/litellm
+$(LITELLM):
+	-$(PYTHON) -m venv bench/.litellm-venv && bench/.litellm-venv/bin/pip install --quiet 'litellm[proxy]'
+
+bench: $(STAMP) $(LITELLM)
 	bash tests/install-system-deps.sh
 	$(BIN)/python -m bench.run
 

@@ -21,6 +21,9 @@ log = logging.getLogger("teeproxy")
 # Long generations are idle on the client side between tokens; hypercorn's keep-alive timeout only applies
 # between requests, so the default is fine. Graceful shutdown gives in-flight streams this long to finish.
 GRACEFUL_TIMEOUT_S = 30.0
+# hypercorn's default listen backlog is 100; a burst of new streams (a batch job starting, a load test) should
+# queue in the kernel rather than be refused.
+BACKLOG = 4096
 
 
 def install_http11_trailers() -> bool:
@@ -37,6 +40,7 @@ def hypercorn_config(bind: str, workers: int) -> HypercornConfig:
     config.accesslog = None
     config.errorlog = "-"
     config.graceful_timeout = GRACEFUL_TIMEOUT_S
+    config.backlog = BACKLOG
     config.application_path = "proxy.serving:create_app()"
     return config
 
