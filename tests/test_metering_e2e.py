@@ -401,3 +401,21 @@ def test_unreachable_upstream_is_502_and_recorded(tmp_path: pathlib.Path, monkey
         assert response.json()["error"]["code"] == "upstream_connect_error"
         [record] = stack.records()
         assert record.outcome == "upstream_error" and record.http_status == 502
+
+
+def test_unparseable_stream_is_forwarded_whole_and_marked_unparsed(stack: Stack) -> None:
+    """A frame past the parser's limit costs usage accuracy, never a forwarded byte."""
+    huge = b'data: {"choices":[{"index":0,"delta":{"content":"' + b"x" * (5 * 1024 * 1024) + b'"}}]}\n\n'
+    body = huge + b'data: {"choices":[],"usage":{"prompt_tokens":1,"completion_tokens":1}}\n\ndata: [DONE]\n\n'
+    stack.upstream.script = Script(body=body, chunk_sizes=[65536])
+    with (
+        httpx.Client() as client,
+        client.stream(
+            "POST", stack.url + "/v1/chat/completions", json={"model": "gpt-4o", "stream": True}, headers=AUTH
+        ) as response,
+    ):
+        got = b"".join(response.iter_raw())
+    assert got == body  # the filter gave up and passed everything through, usage frame included
+    [record] = stack.records()
+    assert record.usage_status == "unparsed"
+    assert record.outcome == "completed" and record.bytes_to_client == len(body)
