@@ -205,9 +205,12 @@ def start_litellm(workdir: pathlib.Path, mock_port: int) -> Target:
         target.note = "not installed (pip install 'litellm[proxy]' into bench/.litellm-venv)"
         return target
     config = workdir / "litellm.yaml"
+    target.key = "sk-bench-" + hashlib.sha256(b"litellm-bench").hexdigest()
     config.write_text(
         "model_list:\n  - model_name: gpt-4o-mini\n    litellm_params:\n      model: openai/gpt-4o-mini\n"
         f"      api_base: http://127.0.0.1:{mock_port}/v1\n      api_key: sk-mock\n"
+        f"general_settings:\n  master_key: {target.key}\n"
+        "litellm_settings:\n  drop_params: false\n"
     )
     target.port = free_port()
     target.proc = spawn([str(exe), "--config", str(config), "--host", "127.0.0.1", "--port", str(target.port)])
