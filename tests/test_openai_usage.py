@@ -244,3 +244,18 @@ def test_filter_output_does_not_depend_on_chunking(shared_fixtures: pathlib.Path
     sizes = data.draw(st.lists(st.integers(min_value=1, max_value=1500), max_size=50))
     strip = data.draw(st.booleans())
     assert run_filter(body, sizes, strip, b": c\n")[0] == run_filter(body, [len(body)], strip, b": c\n")[0]
+
+
+@pytest.mark.parametrize("row", ROWS, ids=[r["file"] for r in ROWS])
+def test_frame_aligned_chunks_take_the_fast_path_and_agree(shared_fixtures: pathlib.Path, row: dict[str, Any]) -> None:
+    """Upstreams usually write one frame per chunk: those chunks skip the parser unless they can matter."""
+    body = (shared_fixtures / row["file"]).read_bytes()
+    sizes = [len(f) for f in frames(body)]
+    check(row, meter(row, body, sizes))
+    if row["format"] == "openai_chat":
+        out, m = run_filter(body, sizes, strip=True, comment=b": c\n")
+        expected = b"".join(f for f in frames(body) if not usage_only(f))
+        assert out == (
+            expected.replace(b"data: [DONE]", b": c\ndata: [DONE]") if b"[DONE]" in body else expected + b": c\n"
+        )
+        check(row, m)

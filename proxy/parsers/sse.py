@@ -83,6 +83,20 @@ class SSEParser:
                 self._base += len(_BOM)
         return self._scan(buf, final=False)
 
+    @property
+    def at_boundary(self) -> bool:
+        """Nothing is pending: the next byte fed starts a new frame."""
+        return not self._buf and not self._data and not self._event_type and not self._at_start
+
+    def skip(self, data: bytes) -> None:
+        """Account for `data` without parsing it: whole frames the caller has no use for.
+
+        Only valid `at_boundary` with `data` ending in a blank line (LF LF): then the stream is at a frame
+        boundary again afterwards, as if `data` had been fed and its events ignored (their `id:` fields too).
+        """
+        self._base += len(data)
+        self._frame_start = self.boundary = self._base
+
     def close(self) -> list[SSEEvent]:
         """End of stream: a line held for a possible CRLF is processed; an unfinished event is dropped."""
         if self._failed:

@@ -138,8 +138,22 @@ class OpenAIStreamMeter:
             return "reported"
         return "unparsed" if self._failed else "missing"
 
+    def skippable(self, data: bytes) -> bool:
+        """The fast path: `data` is whole frames (the parser is at a frame boundary and `data` ends in a blank
+        line) with no usage marker and no [DONE] in them: nothing in it can matter to the meter or the filter.
+        Two C-speed scans instead of parsing, for most chunks of most streams."""
+        return (
+            data.endswith(b"\n\n")
+            and self.parser.at_boundary
+            and _USAGE_MARKER not in data
+            and _DONE not in data
+        )
+
     def feed(self, data: bytes) -> None:
         if self._failed:
+            return
+        if self.skippable(data):
+            self.parser.skip(data)
             return
         try:
             events = self.parser.feed(data)
@@ -221,6 +235,10 @@ class OpenAIFrameFilter:
 
     def feed(self, data: bytes) -> bytes:
         if self._passthrough:
+            return data
+        if not self._pending and self.meter.skippable(data):
+            self.meter.parser.skip(data)
+            self._base += len(data)
             return data
         self._pending += data
         try:
