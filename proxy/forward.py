@@ -292,7 +292,7 @@ async def relay(state: ProxyState, ex: Exchange, response: httpx.Response, recei
             message = await receive()
             if message["type"] == _DISCONNECT:
                 if not pump_done:
-                    ex.outcome = "client_disconnected"
+                    ex.outcome = "completed" if meter is not None and meter.finished else "client_disconnected"
                     if meter is not None:
                         meter.close()
                     pump_task.cancel()

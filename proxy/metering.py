@@ -34,13 +34,14 @@ class Meter(Protocol):
     def feed(self, data: bytes) -> None: ...
     def close(self) -> None: ...
     def result(self) -> tuple[Usage | None, UsageStatus]: ...
+    @property
+    def finished(self) -> bool: ...
     def frame_filter(self, strip_usage_chunk: bool, inline: Callable[[], bytes] | None) -> FrameFilter: ...
 
 
 class StreamMeter:
     def __init__(self, endpoint: str) -> None:
         self._meter = OpenAIStreamMeter(endpoint)
-        self._filter: OpenAIFrameFilter | None = None
 
     def feed(self, data: bytes) -> None:
         self._meter.feed(data)
@@ -49,12 +50,14 @@ class StreamMeter:
         self._meter.close()
 
     def result(self) -> tuple[Usage | None, UsageStatus]:
-        source = self._filter.meter if self._filter is not None else self._meter
-        return source.usage, source.status
+        return self._meter.usage, self._meter.status
+
+    @property
+    def finished(self) -> bool:
+        return self._meter.finished
 
     def frame_filter(self, strip_usage_chunk: bool, inline: Callable[[], bytes] | None) -> FrameFilter:
-        self._filter = OpenAIFrameFilter(self._meter, strip_usage_chunk=strip_usage_chunk, make_comment=inline)
-        return self._filter
+        return OpenAIFrameFilter(self._meter, strip_usage_chunk=strip_usage_chunk, make_comment=inline)
 
 
 class BodyMeter:
@@ -97,6 +100,10 @@ class BodyMeter:
 
     def result(self) -> tuple[Usage | None, UsageStatus]:
         return self._usage, self._status
+
+    @property
+    def finished(self) -> bool:
+        return False  # a JSON body is finished only when its last byte went out, which the relay knows
 
     def frame_filter(self, strip_usage_chunk: bool, inline: Callable[[], bytes] | None) -> FrameFilter:
         raise TypeError("a JSON body has no frames to filter")

@@ -45,6 +45,7 @@ class Script:
     headers: list[tuple[bytes, bytes]] = field(default_factory=list)
     content_length: bool = False  # send Content-Length instead of chunked
     cut_after: int | None = None  # drop the connection after this many bytes (an upstream failure)
+    end_pause_s: float = 0.0  # wait this long after the last byte before ending the body
 
 
 class ReplayUpstream:
@@ -78,6 +79,8 @@ class ReplayUpstream:
             await reply.write(piece)
             self.writes.append(piece)
             sent += len(piece)
+        if script.end_pause_s:
+            await asyncio.sleep(script.end_pause_s)
         await reply.end()
 
 

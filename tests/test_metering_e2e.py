@@ -419,3 +419,16 @@ def test_unparseable_stream_is_forwarded_whole_and_marked_unparsed(stack: Stack)
     [record] = stack.records()
     assert record.usage_status == "unparsed"
     assert record.outcome == "completed" and record.bytes_to_client == len(body)
+
+
+def test_sdk_closing_at_done_is_a_completed_stream(stack: Stack, shared_fixtures: pathlib.Path) -> None:
+    """The OpenAI SDK stops reading at [DONE] and closes; an upstream may end its body a moment later."""
+    body = (shared_fixtures / "openai/chat_usage_basic.sse").read_bytes()
+    stack.upstream.script = Script(body=body, end_pause_s=1.0)
+    client = openai.OpenAI(base_url=stack.url + "/v1", api_key=CLIENT_KEY, max_retries=0)
+    with client:
+        chunks = list(client.chat.completions.create(model="gpt-4o", messages=MESSAGES, stream=True))  # type: ignore[call-overload]
+    assert chunks
+    [record] = stack.records()
+    assert record.outcome == "completed"
+    assert (record.input_tokens, record.output_tokens, record.usage_status) == (14, 30, "reported")

@@ -130,6 +130,9 @@ class OpenAIStreamMeter:
         self._responses = endpoint == "responses"
         self.parser = SSEParser()
         self.usage: Usage | None = None
+        # The stream said it is complete ([DONE], or a terminal Responses event): a client that leaves after
+        # this point left a finished stream (the OpenAI SDK closes the connection as soon as it reads [DONE]).
+        self.finished = False
         self._failed = False
 
     @property
@@ -142,12 +145,7 @@ class OpenAIStreamMeter:
         """The fast path: `data` is whole frames (the parser is at a frame boundary and `data` ends in a blank
         line) with no usage marker and no [DONE] in them: nothing in it can matter to the meter or the filter.
         Two C-speed scans instead of parsing, for most chunks of most streams."""
-        return (
-            data.endswith(b"\n\n")
-            and self.parser.at_boundary
-            and _USAGE_MARKER not in data
-            and _DONE not in data
-        )
+        return data.endswith(b"\n\n") and self.parser.at_boundary and _USAGE_MARKER not in data and _DONE not in data
 
     def feed(self, data: bytes) -> None:
         if self._failed:
@@ -176,6 +174,8 @@ class OpenAIStreamMeter:
         """Take the usage from one event, if it has some. True when it is the usage-only chunk."""
         data = event.data
         if _USAGE_MARKER not in data:
+            if data == _DONE:
+                self.finished = True
             return False
         try:
             if self._responses:
@@ -202,6 +202,8 @@ class OpenAIStreamMeter:
 
     def _observe_response_event(self, data: bytes) -> None:
         event = _decode_response_event(data)
+        if event.type in _TERMINAL_RESPONSE_EVENTS:
+            self.finished = True
         if event.type in _TERMINAL_RESPONSE_EVENTS and event.response is not None and _present(event.response.usage):
             usage = normalize(event.response.usage)
             if usage is not None:
