@@ -4,7 +4,9 @@ One `LedgerRecord` per request that reached an upstream. `submit()` is what the 
 and returns at once, never raises. One writer task drains the queue in batches (up to `MAX_BATCH` records,
 whatever has gathered within `BATCH_LINGER_S` of the first) and writes each batch in a worker thread in one
 transaction. A failed write is logged and retried with backoff, batch kept: records are never dropped.
-`flush()` waits until everything submitted is durable; `aclose()` flushes, then closes.
+`flush()` waits until everything submitted is durable; `aclose()` flushes, then closes. If the database
+is still unreachable `FLUSH_TIMEOUT_S` into shutdown, or a record arrives after close (a request cancelled at
+the end of the graceful timeout), the records go to a JSON-lines spill file instead, fsynced.
 
 Backends share one schema (table `usage_records`, the record's field names as columns):
 SQLite in WAL mode (the default, `[ledger] path`), PostgreSQL via psycopg 3 (`[ledger] url`), for fleets of
@@ -16,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import sqlite3
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -29,6 +32,8 @@ MAX_BATCH = 500
 # one per request, while a record still becomes durable within a few tens of milliseconds.
 BATCH_LINGER_S = 0.02
 RETRY_DELAYS_S = (0.05, 0.2, 1.0, 5.0)
+# How long shutdown waits for an unreachable database before spilling the rest to a file.
+FLUSH_TIMEOUT_S = 30.0
 
 
 class LedgerRecord(msgspec.Struct, kw_only=True):
@@ -204,30 +209,57 @@ def open_backend(path: str | None, url: str | None) -> Backend:
 
 
 class Ledger:
-    def __init__(self, backend: Backend) -> None:
+    def __init__(self, backend: Backend, spill_path: str = "teeproxy-ledger.spill.jsonl") -> None:
         self.backend = backend
+        self.spill_path = spill_path
         self._queue: asyncio.Queue[LedgerRecord] = asyncio.Queue()
         self._writer: asyncio.Task[None] | None = None
+        self._inflight: list[LedgerRecord] = []
+        self._closed = False
 
     async def start(self) -> None:
         await asyncio.to_thread(self.backend.open)
         self._writer = asyncio.get_running_loop().create_task(self._write_forever(), name="ledger-writer")
 
     def submit(self, record: LedgerRecord) -> None:
+        if self._closed:  # a request that outlived shutdown (cancelled after the graceful timeout)
+            self._spill([record])
+            return
         self._queue.put_nowait(record)  # unbounded: a slow disk delays records, it never drops them
 
     async def flush(self) -> None:
         await self._queue.join()
 
     async def aclose(self) -> None:
+        """Flush; if the database still refuses after FLUSH_TIMEOUT_S, spill what is left to a file."""
         if self._writer is None:
             return
-        await self.flush()
+        try:
+            await asyncio.wait_for(self.flush(), FLUSH_TIMEOUT_S)
+        except TimeoutError:
+            log.error("ledger database unreachable at shutdown; spilling unwritten records to %s", self.spill_path)
+        self._closed = True
         self._writer.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._writer
         self._writer = None
+        left = self._inflight + [self._queue.get_nowait() for _ in range(self._queue.qsize())]
+        if left:
+            self._spill(left)
         await asyncio.to_thread(self.backend.close)
+
+    def _spill(self, records: list[LedgerRecord]) -> None:
+        """The last resort: append records as JSON lines (the `teeproxy usage --json` shape) and fsync.
+
+        A batch the database was still writing when shutdown cut it may land in both places: at least once,
+        never zero times; `request_id` tells duplicates apart.
+        """
+        encode = msgspec.json.Encoder().encode
+        with open(self.spill_path, "ab") as file:
+            file.write(b"".join(encode(r) + b"\n" for r in records))
+            file.flush()
+            os.fsync(file.fileno())
+        log.error("spilled %d ledger records to %s", len(records), self.spill_path)
 
     def query(self, request_id: str | None = None, since: str | None = None) -> list[LedgerRecord]:
         return self.backend.query(request_id, since)
@@ -238,7 +270,9 @@ class Ledger:
             await asyncio.sleep(BATCH_LINGER_S)
             while len(batch) < MAX_BATCH and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
+            self._inflight = batch
             await self._write(batch)
+            self._inflight = []
             for _ in batch:
                 self._queue.task_done()
 
@@ -255,5 +289,8 @@ class Ledger:
                 await asyncio.sleep(delay)
 
 
-def open_ledger(path: str | None, url: str | None) -> Ledger:
-    return Ledger(open_backend(path, url))
+def open_ledger(path: str | None, url: str | None, spill_path: str | None = None) -> Ledger:
+    """The ledger for `[ledger]`; unwritten records spill next to the SQLite file, or to ./ for PostgreSQL."""
+    if spill_path is None:
+        spill_path = (path or "teeproxy-ledger.db") + ".spill.jsonl" if url is None else "teeproxy-ledger.spill.jsonl"
+    return Ledger(open_backend(path, url), spill_path)

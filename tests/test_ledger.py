@@ -194,3 +194,28 @@ def test_proxy_writes_to_postgres(postgres_url: str, tmp_path: pathlib.Path, mon
             time.sleep(0.02)
     assert got is not None
     assert (got.input_tokens, got.output_tokens, got.cost) == (7, 3, "0.00000285")
+
+
+def test_unreachable_database_at_shutdown_spills_every_record(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    class Down(SQLiteBackend):
+        def write(self, records: list[LedgerRecord]) -> None:
+            raise sqlite3.OperationalError("database is locked")
+
+    monkeypatch.setattr("proxy.ledger.FLUSH_TIMEOUT_S", 0.3)
+    spill = tmp_path / "spill.jsonl"
+
+    async def go() -> Ledger:
+        ledger = Ledger(Down(str(tmp_path / "ledger.db")), str(spill))
+        await ledger.start()
+        for i in range(3):
+            ledger.submit(record(i))
+        await ledger.aclose()
+        ledger.submit(record(99))  # after close: straight to the spill file
+        return ledger
+
+    asyncio.run(go())
+    lines = [json.loads(line) for line in spill.read_text().splitlines()]
+    assert [line["request_id"] for line in lines] == ["req-0", "req-1", "req-2", "req-99"]
+    assert all(tuple(line) == FIELDS for line in lines)
