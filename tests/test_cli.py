@@ -18,7 +18,9 @@ import pytest
 
 from proxy.__main__ import main
 from proxy.config import load_config, parse_config
+from proxy.demo import DEMO_TEXT
 from proxy.errors import ConfigError
+from proxy.ledger import SQLiteBackend
 from tests.servers import CLIENT_KEY, Script, proxy_config_text
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -44,9 +46,26 @@ def wait_until_serving(port: int, proc: subprocess.Popen[bytes], timeout_s: floa
     raise AssertionError("teeproxy did not start serving")
 
 
+class Served:
+    """`python -m proxy serve` in its own process group, ended by its PID with SIGINT, as Ctrl-C would."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], port: int, workdir: pathlib.Path) -> None:
+        self.proc, self.port, self.workdir = proc, port, workdir
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGINT)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(5)
+        return self.proc.returncode
+
+
 @pytest.fixture
-def serve_process(tmp_path: pathlib.Path) -> Iterator[tuple[int, pathlib.Path]]:
-    """`python -m proxy serve` with the demo upstream, in its own process group (ended by its PID)."""
+def serve_process(tmp_path: pathlib.Path) -> Iterator[Served]:
+    """The shipped config with the demo upstream (no provider key in the environment), 2 workers."""
     port = free_port()
     config = tmp_path / "teeproxy.toml"
     text = (ROOT / "config" / "teeproxy.toml").read_text()
@@ -55,34 +74,29 @@ def serve_process(tmp_path: pathlib.Path) -> Iterator[tuple[int, pathlib.Path]]:
     config.write_text(text)
     env = {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"}
     env["TEEPROXY_CONFIG"] = str(config)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "proxy", "serve", "--bind", f"127.0.0.1:{port}", "--workers", "2"],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
-    )
+    with open(tmp_path / "serve.log", "wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "proxy", "serve", "--bind", f"127.0.0.1:{port}", "--workers", "2"],
+            cwd=tmp_path,
+            env=env,
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+        )
+    served = Served(proc, port, tmp_path)
     try:
         wait_until_serving(port, proc)
-        yield port, tmp_path
+        yield served
     finally:
-        os.killpg(proc.pid, signal.SIGINT)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(5)
-        assert proc.stderr is not None
-        proc.stderr.close()
+        served.stop()
 
 
-def test_serve_with_two_workers_streams_from_demo_upstream(serve_process: tuple[int, pathlib.Path]) -> None:
-    """The README's first example: no provider key set, so the demo upstream answers through the proxy."""
-    port, _ = serve_process
+def test_serve_with_two_workers_streams_from_demo_upstream(serve_process: Served) -> None:
+    """The README's first example: no provider key set, so the demo upstream answers through the proxy;
+    the record reaches the ledger by the time Ctrl-C has shut the proxy down."""
     import openai
 
-    client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="tp-demo-key", max_retries=0)
+    client = openai.OpenAI(base_url=f"http://127.0.0.1:{serve_process.port}/v1", api_key="tp-demo-key", max_retries=0)
     with client:
         stream = client.chat.completions.create(
             model="gpt-4o-mini",
@@ -91,6 +105,16 @@ def test_serve_with_two_workers_streams_from_demo_upstream(serve_process: tuple[
         )
         text = "".join(chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices)
     assert text.startswith("Hello from teeproxy's demo upstream!")
+    serve_process.stop()
+    [record] = SQLiteBackend(str(serve_process.workdir / "ledger.db")).query(None, None)
+    assert (record.key_name, record.provider, record.model, record.outcome) == (
+        "demo",
+        "demo",
+        "gpt-4o-mini",
+        "completed",
+    )
+    assert record.usage_status == "reported" and record.output_tokens == len(DEMO_TEXT.split(" "))
+    assert record.cost_status == "priced"
 
 
 def test_keys_new_prints_a_key_and_its_block(capsys: pytest.CaptureFixture[str]) -> None:
