@@ -259,3 +259,26 @@ def test_frame_aligned_chunks_take_the_fast_path_and_agree(shared_fixtures: path
             expected.replace(b"data: [DONE]", b": c\ndata: [DONE]") if b"[DONE]" in body else expected + b": c\n"
         )
         check(row, m)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.one_of(
+            st.binary(max_size=80),
+            st.sampled_from([b"data: ", b'"usage"', b":{", b"}", b"\n\n", b"[DONE]", b'"choices":[]', b"null"]),
+        ),
+        max_size=30,
+    ),
+    st.sampled_from(["chat", "completions", "responses"]),
+)
+def test_meter_and_filter_never_raise_and_never_lose_a_byte(pieces: list[bytes], endpoint_name: str) -> None:
+    """Mutated input: the sidecar may fail to find usage, never break the stream."""
+    m = OpenAIStreamMeter(endpoint_name)
+    for piece in pieces:
+        m.feed(piece)
+    m.close()
+    assert m.status in ("reported", "missing", "unparsed")
+    body = b"".join(pieces)
+    f = OpenAIFrameFilter(OpenAIStreamMeter(endpoint_name), strip_usage_chunk=False)
+    assert b"".join(f.feed(p) for p in pieces) + f.close() == body
