@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from proxy.parsers.sse import MAX_LINE_BYTES
-from proxy.providers.openai import OpenAIFrameFilter, OpenAIStreamMeter, usage_from_body
+from proxy.providers.openai import OpenAIFrameFilter, OpenAIStreamMeter, body_usage, usage_from_body
 from proxy.usage import Usage
 from tests.conftest import SHARED_FIXTURES, load_expected
 
@@ -282,3 +282,115 @@ def test_meter_and_filter_never_raise_and_never_lose_a_byte(pieces: list[bytes],
     body = b"".join(pieces)
     f = OpenAIFrameFilter(OpenAIStreamMeter(endpoint_name), strip_usage_chunk=False)
     assert b"".join(f.feed(p) for p in pieces) + f.close() == body
+
+
+# --- normalization and status details ----------------------------------------------------------------------
+
+
+def feed_all(endpoint_name: str, *pieces: bytes) -> OpenAIStreamMeter:
+    m = OpenAIStreamMeter(endpoint_name)
+    for piece in pieces:
+        m.feed(piece)
+    m.close()
+    return m
+
+
+def test_cache_writes_and_lax_number_types() -> None:
+    # OpenRouter reports cache writes in prompt_tokens_details; LiteLLM-style gateways at the top level.
+    body = b'{"usage":{"prompt_tokens":50.0,"completion_tokens":"3","prompt_tokens_details":{"cache_write_tokens":40}}}'
+    assert msgspec.structs.replace(usage_from_body("chat", body) or Usage(), raw="") == Usage(
+        input_tokens=50, output_tokens=3, cache_write_tokens=40
+    )
+    body = b'{"usage":{"prompt_tokens":9,"completion_tokens":1,"cache_creation_input_tokens":7,'
+    body += b'"prompt_tokens_details":null}}'
+    assert (usage_from_body("chat", body) or Usage()).cache_write_tokens == 7
+
+
+def test_groq_usage_only_in_x_groq() -> None:
+    m = feed_all(
+        "chat",
+        b'data: {"choices":[{"index":0,"delta":{},"finish_reason":"stop"}],"usage":null,'
+        b'"x_groq":{"id":"r","usage":{"prompt_tokens":4,"completion_tokens":2}}}\n\ndata: [DONE]\n\n',
+    )
+    assert m.status == "reported" and m.usage is not None and (m.usage.input_tokens, m.usage.output_tokens) == (4, 2)
+    assert m.finished
+
+
+@pytest.mark.parametrize(
+    ("event_type", "usage", "expected"),
+    [
+        ("response.completed", b'{"input_tokens":5,"output_tokens":2}', (5, 2)),
+        ("response.incomplete", b'{"input_tokens":6,"output_tokens":9}', (6, 9)),
+        ("response.failed", b'{"input_tokens":7,"output_tokens":0}', (7, 0)),
+        ("response.failed", b"null", None),
+        ("response.in_progress", b'{"input_tokens":1,"output_tokens":1}', None),  # not terminal: not billed
+    ],
+)
+def test_responses_terminal_events(event_type: str, usage: bytes, expected: tuple[int, int] | None) -> None:
+    frame = b'event: %s\ndata: {"type":"%s","response":{"id":"r","usage":%s}}\n\n' % (
+        event_type.encode(),
+        event_type.encode(),
+        usage,
+    )
+    m = feed_all(
+        "responses", b'event: response.created\ndata: {"type":"response.created","response":{"usage":null}}\n\n', frame
+    )
+    if expected is None:
+        assert (m.usage, m.status) == (None, "missing")
+    else:
+        assert m.usage is not None and (m.usage.input_tokens, m.usage.output_tokens) == expected
+        assert m.status == "reported"
+
+
+GOOD = b'data: {"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":1}}\n\n'
+BAD = b'data: {"choices":[],"usage":{"prompt_tokens":"many"}}\n\n'
+
+
+def test_a_later_good_usage_settles_an_earlier_undecodable_one() -> None:
+    m = feed_all("chat", BAD, GOOD)
+    assert m.status == "reported" and m.usage is not None and m.usage.input_tokens == 3
+
+
+def test_an_undecodable_usage_after_a_good_one_is_unparsed_but_keeps_the_lower_bound() -> None:
+    m = feed_all("chat", GOOD, BAD)
+    assert m.status == "unparsed" and m.usage is not None and m.usage.input_tokens == 3
+
+
+def test_a_frame_error_after_usage_is_unparsed() -> None:
+    m = feed_all("chat", GOOD, b"data: " + b"x" * (MAX_LINE_BYTES + 1))
+    assert m.status == "unparsed" and m.usage is not None
+
+
+@pytest.mark.parametrize("sizes", [None, [65536] * 100])
+def test_an_oversized_frame_is_unparsed_however_it_is_chunked(sizes: list[int] | None) -> None:
+    """The fast path skips whole frames without a usage marker; it must not skip one the parser would refuse."""
+    body = b'data: {"choices":[{"delta":{"content":"' + b"x" * (MAX_LINE_BYTES + 10) + b'"}}]}\n\n' + GOOD
+    m = OpenAIStreamMeter("chat")
+    m.feed(b": first\n\n")  # past the stream start, where the fast path can apply
+    if sizes is None:
+        m.feed(body[: -len(GOOD)])
+        m.feed(GOOD)
+    else:
+        pos = 0
+        for size in sizes:
+            m.feed(body[pos : pos + size])
+            pos += size
+        m.feed(body[pos:])
+    m.close()
+    assert m.status == "unparsed"
+
+
+def test_body_usage_never_raises() -> None:
+    assert body_usage("chat", b'{"usage": {') == (None, "unparsed")
+    assert body_usage("embeddings", b'{"data":[]}') == (None, "missing")
+    usage, status = body_usage(
+        "completions", b'{"object":"text_completion","usage":{"prompt_tokens":2,"completion_tokens":5}}'
+    )
+    assert status == "reported" and usage is not None and (usage.input_tokens, usage.output_tokens) == (2, 5)
+
+
+def test_filter_strips_a_usage_chunk_with_a_null_error() -> None:
+    stream = b'data: {"choices":[{"index":0}]}\n\ndata: {"choices":[],"error":null,"usage":{"prompt_tokens":1}}\n\n'
+    out, m = run_filter(stream + b"data: [DONE]\n\n", [7], strip=True, comment=b": u\n")
+    assert out == b'data: {"choices":[{"index":0}]}\n\n: u\ndata: [DONE]\n\n'
+    assert m.status == "reported"

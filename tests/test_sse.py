@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import pathlib
+from unittest import mock
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxy.parsers.sse import MAX_LINE_BYTES, FrameError, SSEEvent, SSEParser
+from proxy.parsers.sse import MAX_EVENT_BYTES, MAX_LINE_BYTES, FrameError, SSEEvent, SSEParser
 from tests.conftest import SHARED_FIXTURES
 
 
@@ -159,3 +160,128 @@ def test_captures_in_random_chunks(shared_fixtures: pathlib.Path, data: st.DataO
     stream = path.read_bytes()
     sizes = data.draw(st.lists(st.integers(min_value=1, max_value=4096), max_size=40))
     assert parse(stream, sizes) == parse(stream)
+
+
+# --- limits and failure ------------------------------------------------------------------------------------
+
+
+def test_huge_retry_is_ignored_not_a_value_error() -> None:
+    # int() refuses more than 4300 digits with ValueError; the parser may raise only FrameError.
+    [event] = parse(b"retry: " + b"1" * 5000 + b"\ndata: d\n\n")
+    assert event.retry is None
+
+
+def test_line_of_exactly_the_limit_is_accepted_however_cut() -> None:
+    line = b"data:" + b"z" * (MAX_LINE_BYTES - 5)
+    stream = line + b"\r\n\r\n"
+    for sizes in ([len(line)], [len(line) + 1], [65536] * 70, None):
+        [event] = parse(stream, sizes)
+        assert len(event.data) == MAX_LINE_BYTES - 5
+    for sizes in ([len(line) + 2], [65536] * 70, None):
+        with pytest.raises(FrameError):
+            parse(b"x" + stream, sizes)
+
+
+def test_event_data_is_bounded_across_lines() -> None:
+    parser = SSEParser()
+    line = b"data: " + b"d" * (1024 * 1024) + b"\n"
+    with pytest.raises(FrameError):
+        for _ in range(MAX_EVENT_BYTES // len(line) + 2):
+            parser.feed(line)
+
+
+def test_a_spent_parser_refuses_more_and_closes_quietly() -> None:
+    parser = SSEParser()
+    with pytest.raises(FrameError):
+        parser.feed(b"x" * (MAX_LINE_BYTES + 1))
+    with pytest.raises(FrameError):
+        parser.feed(b"\n\n")
+    assert parser.close() == []
+
+
+def test_long_line_in_small_pieces_is_not_quadratic() -> None:
+    """A 1 MiB line in 1 KiB pieces: queued, joined once (seconds, not minutes, if this regresses)."""
+    parser = SSEParser()
+    parser.feed(b"data: ")
+    piece = b"p" * 1024
+    for _ in range(1024):
+        assert parser.feed(piece) == []
+    [event] = parser.feed(b"\n\n")
+    assert len(event.data) == 1024 * 1024
+
+
+def test_skip_is_the_same_as_feeding_frames_without_use() -> None:
+    fed, skipped = SSEParser(), SSEParser()
+    head, middle, tail = b": hi\n\ndata: 1\n\n", b"event: x\ndata: 2\n\n", b": c\ndata: 3\n\n"
+    fed.feed(head)
+    skipped.feed(head)
+    assert fed.at_boundary and skipped.at_boundary
+    fed.feed(middle)
+    skipped.skip(middle)
+    assert fed.feed(tail) == skipped.feed(tail)
+
+
+def outcome(stream: bytes, sizes: list[int] | None = None) -> list[SSEEvent] | str:
+    try:
+        return parse(stream, sizes)
+    except FrameError:
+        return "FrameError"
+
+
+_tiny_limits = [
+    mock.patch("proxy.parsers.sse.MAX_LINE_BYTES", 24),
+    mock.patch("proxy.parsers.sse.MAX_EVENT_BYTES", 40),
+]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.sampled_from([b"data: ", b"x" * 9, b"\r", b"\n", b"\r\n", b":", b"event: e", b"\xef\xbb\xbf"])),
+    st.lists(st.integers(min_value=0, max_value=40), max_size=10),
+)
+def test_where_a_limit_trips_does_not_depend_on_chunking(pieces: list[bytes], sizes: list[int]) -> None:
+    stream = b"".join(pieces)
+    with _tiny_limits[0], _tiny_limits[1]:
+        whole = outcome(stream)
+        chunked = outcome(stream, sizes)
+    assert (whole == "FrameError") == (chunked == "FrameError")
+    if whole != "FrameError":
+        assert chunked == whole
+
+
+def _mutate(stream: bytes, edits: list[tuple[int, int, bytes]]) -> bytes:
+    out = bytearray(stream)
+    for kind, at, blob in edits:
+        at %= len(out) + 1
+        if kind == 0:
+            out[at:at] = blob  # insert
+        elif kind == 1:
+            del out[at : at + len(blob) + 1]  # delete
+        else:
+            out[at : at + len(blob)] = blob  # overwrite
+    return bytes(out)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    data=st.data(),
+    edits=st.lists(
+        st.tuples(
+            st.integers(0, 2),
+            st.integers(0, 1 << 20),
+            st.binary(min_size=1, max_size=6) | st.sampled_from([b"\r", b"\n", b"\r\n", b"\n\n", b":", b"\x00"]),
+        ),
+        min_size=1,
+        max_size=8,
+    ),
+)
+def test_mutated_captures_give_events_or_frame_error(
+    shared_fixtures: pathlib.Path, data: st.DataObject, edits: list[tuple[int, int, bytes]]
+) -> None:
+    path = data.draw(st.sampled_from(_fixture_files()))
+    stream = _mutate(path.read_bytes(), edits)
+    sizes = data.draw(st.lists(st.integers(min_value=1, max_value=4096), max_size=20))
+    whole = outcome(stream)
+    assert outcome(stream, sizes) == whole
+    assert whole != "FrameError"  # the limits are far above any capture
+    assert all(stream[e.start : e.end].endswith((b"\n", b"\r")) for e in whole)

@@ -15,7 +15,9 @@ This implements "Interpreting an event stream" from the WHATWG HTML standard (§
 
 `feed()` takes bytes cut anywhere — mid-line, between CR and LF, inside a UTF-8 sequence — and returns the
 events completed so far. A CR at the very end of a chunk could be the first half of a CRLF, so that one line
-waits for the next byte (or for `close()`); nothing else is held back.
+waits for the next byte (or for `close()`); nothing else is held back. Line ends are found with `bytes.find`,
+never a per-byte loop. The one partial line held between feeds is kept as a list of pieces while no line end
+arrives, so a long line fed in many small chunks costs one join, not a copy and a rescan per chunk.
 
 Each event carries `start` and `end`: absolute offsets into the byte stream (counting from the first byte
 ever fed, BOM included) of the frame it came from, from just after the previous blank line to just after its
@@ -38,6 +40,11 @@ MAX_LINE_BYTES = 4 * 1024 * 1024
 # memory without limit.
 MAX_EVENT_BYTES = 16 * 1024 * 1024
 
+# `retry:` is a reconnection time in milliseconds. Any value this long is nonsense, and int() refuses strings of
+# more than 4300 digits (CVE-2020-10735) with a ValueError that must not escape the parser: longer values are
+# ignored like any other invalid one.
+MAX_RETRY_DIGITS = 18
+
 _BOM = b"\xef\xbb\xbf"
 
 
@@ -57,8 +64,11 @@ class SSEEvent:
 
 class SSEParser:
     def __init__(self) -> None:
-        self._buf = b""  # bytes not yet consumed: at most one partial line
-        self._base = 0  # absolute offset of self._buf[0]
+        # Bytes not yet consumed: the pieces of at most one partial line. It may end in a CR (a line end whose
+        # LF may still come); only the last piece can hold that CR, and no piece holds any other CR or LF.
+        self._held: list[bytes] = []
+        self._held_size = 0
+        self._base = 0  # absolute offset of the first held byte
         self._at_start = True  # the BOM check is still pending
         self._data: list[bytes] = []
         self._data_size = 0
@@ -72,10 +82,27 @@ class SSEParser:
     def feed(self, data: bytes) -> list[SSEEvent]:
         if self._failed:
             raise FrameError("the parser already failed")
-        buf = self._buf + data if self._buf else data
+        if not data:
+            return []
+        held = self._held
+        if held:
+            if not self._at_start and held[-1][-1] != 0x0D and b"\n" not in data and b"\r" not in data:
+                # Still inside the same line: queue the piece. The size check is the one `_scan` would make, so
+                # where the limit trips does not depend on the chunking.
+                self._held_size += len(data)
+                held.append(data)
+                if self._held_size > MAX_LINE_BYTES:
+                    self._fail(f"unterminated line exceeds MAX_LINE_BYTES ({MAX_LINE_BYTES})")
+                return []
+            held.append(data)
+            buf = b"".join(held)
+        else:
+            buf = data
+        self._held = []
+        self._held_size = 0
         if self._at_start:
             if len(buf) < len(_BOM) and _BOM.startswith(buf):
-                self._buf = buf
+                self._hold(buf)
                 return []
             self._at_start = False
             if buf.startswith(_BOM):
@@ -86,13 +113,15 @@ class SSEParser:
     @property
     def at_boundary(self) -> bool:
         """Nothing is pending: the next byte fed starts a new frame."""
-        return not self._buf and not self._data and not self._event_type and not self._at_start
+        return not self._held and not self._data and not self._event_type and not self._at_start
 
     def skip(self, data: bytes) -> None:
         """Account for `data` without parsing it: whole frames the caller has no use for.
 
-        Only valid `at_boundary` with `data` ending in a blank line (LF LF): then the stream is at a frame
-        boundary again afterwards, as if `data` had been fed and its events ignored (their `id:` fields too).
+        Only valid `at_boundary` with `data` ending in a blank line (LF LF) and no longer than `MAX_LINE_BYTES`:
+        then the stream is at a frame boundary again afterwards, as if `data` had been fed and its events ignored
+        (their `id:` and `retry:` fields too), and feeding it could not have raised FrameError either, so skipping
+        never makes the outcome depend on how the stream was chunked.
         """
         self._base += len(data)
         self._frame_start = self.boundary = self._base
@@ -101,10 +130,16 @@ class SSEParser:
         """End of stream: a line held for a possible CRLF is processed; an unfinished event is dropped."""
         if self._failed:
             return []
-        buf, self._buf = self._buf, b""
-        events = self._scan(buf, final=True) if buf else []
+        buf = b"".join(self._held)
+        self._held = []
+        self._held_size = 0
         self._failed = True  # nothing more may be fed
-        return events
+        if not buf:
+            return []
+        try:
+            return self._scan(buf, final=True)
+        except FrameError:  # pragma: no cover - the held line was already checked against the limit when fed
+            return []
 
     def _scan(self, buf: bytes, final: bool) -> list[SSEEvent]:
         events: list[SSEEvent] = []
@@ -131,48 +166,59 @@ class SSEParser:
                 break  # a CR as the last byte: wait to see whether LF follows
             if end - pos > MAX_LINE_BYTES:
                 self._fail(f"line of {end - pos} bytes exceeds MAX_LINE_BYTES ({MAX_LINE_BYTES})")
-            event = self._line(buf[pos:end], self._base + nxt)
+            event = self._line(buf, pos, end, self._base + nxt)
             if event is not None:
                 events.append(event)
             pos = nxt
-        rest = buf[pos:]
-        if len(rest) > MAX_LINE_BYTES:
+        rest = buf[pos:] if pos else buf
+        # A CR held at the end is a line end, not part of the line: leave it out of the count, so that a line of
+        # exactly MAX_LINE_BYTES is accepted whether or not a chunk boundary falls between its CR and LF.
+        if len(rest) - (rest[-1:] == b"\r") > MAX_LINE_BYTES:
             self._fail(f"unterminated line exceeds MAX_LINE_BYTES ({MAX_LINE_BYTES})")
-        self._buf = rest
+        if rest and not final:
+            self._hold(rest)
         self._base += pos
         return events
 
+    def _hold(self, rest: bytes) -> None:
+        self._held = [rest]
+        self._held_size = len(rest)
+
     def _fail(self, message: str) -> None:
         self._failed = True
-        self._buf = b""
+        self._held = []
         self._data = []
         raise FrameError(message)
 
-    def _line(self, line: bytes, after: int) -> SSEEvent | None:
-        if not line:
+    def _line(self, buf: bytes, pos: int, end: int, after: int) -> SSEEvent | None:
+        # The line is buf[pos:end]; it is not sliced out first, so a data line's value is copied once, not three
+        # times (line, after-colon, after-space), which matters for the large lines.
+        if pos == end:
             return self._dispatch(after)
-        if line[0] == 0x3A:  # ":" comment
+        if buf[pos] == 0x3A:  # ":" comment
             return None
-        colon = line.find(b":")
+        colon = buf.find(b":", pos, end)
         if colon == -1:
-            field, value = line, b""
+            field, start = buf[pos:end], end
         else:
-            field = line[:colon]
-            value = line[colon + 1 :]
-            if value[:1] == b" ":
-                value = value[1:]
+            field, start = buf[pos:colon], colon + 1
+            if start < end and buf[start] == 0x20:  # "If value starts with a U+0020 SPACE character, remove it"
+                start += 1
         if field == b"data":
-            self._data_size += len(value) + 1
+            self._data_size += end - start + 1
             if self._data_size > MAX_EVENT_BYTES:
                 self._fail(f"event data exceeds MAX_EVENT_BYTES ({MAX_EVENT_BYTES})")
-            self._data.append(value)
+            self._data.append(buf[start:end])
         elif field == b"event":
-            self._event_type = value.decode("utf-8", "replace")
+            self._event_type = buf[start:end].decode("utf-8", "replace")
         elif field == b"id":
+            value = buf[start:end]
             if b"\x00" not in value:
                 self._last_id = value.decode("utf-8", "replace")
         elif field == b"retry":
-            if value.isdigit():  # bytes.isdigit is ASCII-only, as the spec wants
+            value = buf[start:end]
+            # bytes.isdigit is ASCII-only, as the spec wants ("consists of only ASCII digits").
+            if value.isdigit() and len(value) <= MAX_RETRY_DIGITS:
                 self._retry = int(value)
         return None
 

@@ -21,7 +21,13 @@ Cost of the sidecar: every event is checked for the byte marker `"usage"` before
 decoders are module-level msgspec Decoders over view Structs holding only the usage fields.
 
 Normalization (see proxy.usage): OpenAI's prompt/input tokens already include cached tokens; output tokens
-include reasoning tokens; there is no cache-write count in this dialect.
+include reasoning tokens. OpenAI itself reports no cache writes; the compatible upstreams that do put them in
+`prompt_tokens_details.cache_write_tokens` (OpenRouter) or `cache_creation_input_tokens` (LiteLLM-style
+gateways), both already counted in the prompt tokens like cache reads.
+
+Status (see proxy.usage): "reported" when the last usage object seen was read; "unparsed" when something that
+may have held usage could not be read after it (a frame past the parser's limits, an undecodable usage
+object), in which case `usage` still holds the last one that was read, as a lower bound; "missing" otherwise.
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ from collections.abc import Callable
 
 import msgspec
 
-from proxy.parsers.sse import FrameError, SSEEvent, SSEParser
+from proxy.parsers.sse import MAX_LINE_BYTES, FrameError, SSEEvent, SSEParser
 from proxy.usage import Usage, UsageStatus
 
 _USAGE_MARKER = b'"usage"'
@@ -43,6 +49,8 @@ _TERMINAL_RESPONSE_EVENTS = frozenset({"response.completed", "response.failed", 
 class _Details(msgspec.Struct):
     cached_tokens: int | None = None
     reasoning_tokens: int | None = None
+    cache_write_tokens: int | None = None  # OpenRouter
+    cache_creation_input_tokens: int | None = None
 
 
 class _UsageView(msgspec.Struct):
@@ -55,6 +63,7 @@ class _UsageView(msgspec.Struct):
     input_tokens_details: _Details | None = None
     output_tokens_details: _Details | None = None
     prompt_cache_hit_tokens: int | None = None  # DeepSeek
+    cache_creation_input_tokens: int | None = None  # LiteLLM-style gateways in front of Anthropic
 
 
 class _XGroq(msgspec.Struct):
@@ -81,7 +90,9 @@ class _BodyView(msgspec.Struct):
     usage: msgspec.Raw = _ABSENT
 
 
-_decode_usage = msgspec.json.Decoder(_UsageView).decode
+# Lax about number types in the usage object only: some compatible servers write token counts as `12.0` or
+# `"12"`; a count is still a count. A fractional or non-numeric count still fails (and marks "unparsed").
+_decode_usage = msgspec.json.Decoder(_UsageView, strict=False).decode
 _decode_chunk = msgspec.json.Decoder(_ChunkView).decode
 _decode_response_event = msgspec.json.Decoder(_ResponseEventView).decode
 _decode_body = msgspec.json.Decoder(_BodyView).decode
@@ -105,12 +116,17 @@ def normalize(raw: msgspec.Raw) -> Usage | None:
     cached = details_in.cached_tokens if details_in is not None else None
     if cached is None:
         cached = view.prompt_cache_hit_tokens
+    cache_write = view.cache_creation_input_tokens
+    if cache_write is None and details_in is not None:
+        cache_write = details_in.cache_write_tokens
+        if cache_write is None:
+            cache_write = details_in.cache_creation_input_tokens
     details_out = view.completion_tokens_details or view.output_tokens_details
     reasoning = details_out.reasoning_tokens if details_out is not None else None
     return Usage(
         input_tokens=prompt or 0,
         cached_tokens=cached or 0,
-        cache_write_tokens=0,
+        cache_write_tokens=cache_write or 0,
         output_tokens=completion or 0,
         reasoning_tokens=reasoning or 0,
         raw=bytes(raw).decode("utf-8", "replace"),
@@ -118,9 +134,22 @@ def normalize(raw: msgspec.Raw) -> Usage | None:
 
 
 def usage_from_body(endpoint: str, body: bytes) -> Usage | None:
-    """Usage in a non-streaming JSON body. Raises msgspec's DecodeError/ValidationError on a malformed body."""
+    """Usage in a non-streaming JSON body (chat, completions, responses, embeddings all put it at the top level);
+    None when there is none. Raises msgspec.DecodeError (ValidationError is a subclass) on a malformed body, so
+    the caller can tell "unparsed" from "missing"; `body_usage` is the same, never raising."""
+    if _USAGE_MARKER not in body:
+        return None
     view = _decode_body(body)
     return normalize(view.usage) if _present(view.usage) else None
+
+
+def body_usage(endpoint: str, body: bytes) -> tuple[Usage | None, UsageStatus]:
+    """`usage_from_body` with the outcome as a status instead of an exception. Never raises."""
+    try:
+        usage = usage_from_body(endpoint, body)
+    except DecodeErrors:
+        return None, "unparsed"
+    return usage, ("reported" if usage is not None else "missing")
 
 
 class OpenAIStreamMeter:
@@ -133,22 +162,31 @@ class OpenAIStreamMeter:
         # The stream said it is complete ([DONE], or a terminal Responses event): a client that leaves after
         # this point left a finished stream (the OpenAI SDK closes the connection as soon as it reads [DONE]).
         self.finished = False
-        self._failed = False
+        self._spent = False  # the parser failed: nothing more is read
+        # Something that may have held usage could not be read, and no usage has been read since. A decode
+        # failure does not stop the meter: a later (last) usage object still settles the count.
+        self._doubt = False
 
     @property
     def status(self) -> UsageStatus:
-        if self.usage is not None:
-            return "reported"
-        return "unparsed" if self._failed else "missing"
+        if self._doubt:
+            return "unparsed"
+        return "reported" if self.usage is not None else "missing"
 
     def skippable(self, data: bytes) -> bool:
         """The fast path: `data` is whole frames (the parser is at a frame boundary and `data` ends in a blank
         line) with no usage marker and no [DONE] in them: nothing in it can matter to the meter or the filter.
         Two C-speed scans instead of parsing, for most chunks of most streams."""
-        return data.endswith(b"\n\n") and self.parser.at_boundary and _USAGE_MARKER not in data and _DONE not in data
+        return (
+            data.endswith(b"\n\n")
+            and len(data) <= MAX_LINE_BYTES  # else the parser might have raised FrameError: see SSEParser.skip
+            and self.parser.at_boundary
+            and _USAGE_MARKER not in data
+            and _DONE not in data
+        )
 
     def feed(self, data: bytes) -> None:
-        if self._failed:
+        if self._spent:
             return
         if self.skippable(data):
             self.parser.skip(data)
@@ -156,19 +194,22 @@ class OpenAIStreamMeter:
         try:
             events = self.parser.feed(data)
         except FrameError:
-            self._failed = True
+            self.fail()
             return
         for event in events:
             self.observe(event)
 
     def close(self) -> None:
-        if self._failed:
+        if self._spent:
             return
+        self._spent = True
         for event in self.parser.close():
             self.observe(event)
 
     def fail(self) -> None:
-        self._failed = True
+        """The stream can no longer be parsed (FrameError): stop reading, and mark the usage "unparsed"."""
+        self._spent = True
+        self._doubt = True
 
     def observe(self, event: SSEEvent) -> bool:
         """Take the usage from one event, if it has some. True when it is the usage-only chunk."""
@@ -183,7 +224,7 @@ class OpenAIStreamMeter:
                 return False
             return self._observe_chunk(data)
         except DecodeErrors:
-            self._failed = True
+            self._doubt = True
             return False
 
     def _observe_chunk(self, data: bytes) -> bool:
@@ -198,7 +239,8 @@ class OpenAIStreamMeter:
         usage = normalize(raw)
         if usage is not None:
             self.usage = usage
-        return top_level and chunk.choices == [] and not chunk.error
+            self._doubt = False
+        return top_level and chunk.choices == [] and not _present(chunk.error)
 
     def _observe_response_event(self, data: bytes) -> None:
         event = _decode_response_event(data)
@@ -208,6 +250,7 @@ class OpenAIStreamMeter:
             usage = normalize(event.response.usage)
             if usage is not None:
                 self.usage = usage
+                self._doubt = False
 
 
 class OpenAIFrameFilter:
