@@ -22,7 +22,9 @@ from proxy.config import ProviderConfig
 from proxy.errors import ProxyError, UpstreamConnectError, UpstreamProtocolError, UpstreamTimeout
 from proxy.headers import Headers
 
-MAX_CONNECTIONS = 1000
+# One upstream connection per in-flight stream (HTTP/1.1): the pool must be as large as the concurrency a worker
+# serves, or streams queue inside the proxy with no byte sent. The process's fd limit is the real bound.
+MAX_CONNECTIONS = 16384
 KEEPALIVE_EXPIRY_S = 60.0
 
 
@@ -72,12 +74,15 @@ class _Pool(httpcore.AsyncConnectionPool):
     At 200 concurrent streams that is tens of thousands of calls per request (40 % of the proxy's CPU in a
     profile). This keeps its policy, in one pass: drop closed connections; drop idle ones past the keep-alive
     limit or expiry; reuse the first available connection, checking only that one for a server-side close;
-    else open a new one, closing an idle connection if the pool is full.
+    else open a new one, closing an idle connection if the pool is full. Each call is one pass over the
+    connections and one over the queued requests (the stock one is O(queued x connections) per call, which
+    with thousands of streams queued at once stalled a worker for seconds per chunk).
     """
 
     def _assign_requests_to_connections(self) -> list[httpcore.AsyncConnectionInterface]:
         closing: list[httpcore.AsyncConnectionInterface] = []
         kept: list[httpcore.AsyncConnectionInterface] = []
+        available: list[httpcore.AsyncConnectionInterface] = []
         for connection in self._connections:
             if connection.is_closed():
                 continue
@@ -85,26 +90,34 @@ class _Pool(httpcore.AsyncConnectionPool):
                 closing.append(connection)
                 continue
             kept.append(connection)
+            if connection.is_available():
+                available.append(connection)
         self._connections = kept
+        # One pass over the queue, one over the available connections: an HTTP/1.1 connection serves one
+        # request at a time, so each is handed out at most once here.
+        next_available = 0
         for pool_request in self._requests:
             if not pool_request.is_queued():
                 continue
             origin = pool_request.request.url.origin
             chosen = None
-            for connection in self._connections:
-                if connection.can_handle_request(origin) and connection.is_available():
-                    if connection.has_expired():  # keep-alive timed out, or the server closed it
-                        closing.append(connection)
-                        continue
-                    chosen = connection
-                    break
-            if closing:
-                self._connections = [c for c in self._connections if c not in closing]
+            while next_available < len(available):
+                connection = available[next_available]
+                next_available += 1
+                if not connection.can_handle_request(origin):
+                    continue
+                if connection.has_expired():  # keep-alive timed out, or the server closed it
+                    closing.append(connection)
+                    self._connections.remove(connection)
+                    continue
+                chosen = connection
+                break
             if chosen is None:
                 if len(self._connections) >= self._max_connections:
-                    idle = next((c for c in self._connections if c.is_idle()), None)
+                    idle = next((c for c in available[next_available:] if c.is_idle()), None)
                     if idle is None:
-                        continue  # stays queued until a connection frees up
+                        break  # the pool is full: this request and the rest wait for a connection to free up
+                    available.remove(idle)
                     self._connections.remove(idle)
                     closing.append(idle)
                 chosen = self.create_connection(origin)
