@@ -1,11 +1,13 @@
 """A fast mock OpenAI upstream for benchmarks: raw asyncio, no framework, frames prebuilt once.
 
 Each request to /v1/chat/completions gets an SSE stream of `n_chunks` chat.completion.chunk frames of about
-`chunk_bytes` bytes each, `delay_ms` apart, one HTTP/1.1 chunk per frame, then a usage chunk when the request
-set `stream_options.include_usage`, then `data: [DONE]`. The three knobs come from the request body (so one
-mock serves every scenario) with defaults from the command line. Keep-alive is supported.
+`chunk_bytes` bytes each, `delay_ms` apart (the first one too), one HTTP/1.1 chunk per frame, then a usage
+chunk when the request set `stream_options.include_usage`, then `data: [DONE]`. The three knobs are read, first
+match wins, from the query string (`?n_chunks=5`), the JSON body (`"n_chunks": 5`) or any text in it, such as
+the user message (`n_chunks=5`: a proxy that drops unknown fields still forwards the messages); else the
+command-line defaults apply. Keep-alive is supported.
 
-    python -m bench.mock_upstream --port 9001
+    python -m bench.mock_upstream --port 9001 --chunks 100 --chunk-bytes 200 --delay-ms 0
 """
 
 from __future__ import annotations
@@ -15,7 +17,10 @@ import asyncio
 import json
 import re
 
-_NUMBER = {name: re.compile(rb'"' + name.encode() + rb'"\s*:\s*(\d+)') for name in ("n_chunks", "chunk_bytes", "delay_ms")}
+_NUMBER = {name: re.compile(name.encode() + rb'"?\s*[:=]\s*(\d+)') for name in ("n_chunks", "chunk_bytes", "delay_ms")}
+# Above this much unsent data, wait for the reader (the proxy) before writing more: backpressure, as a real
+# provider's server has.
+HIGH_WATER_BYTES = 64 * 1024
 _HEAD = (
     b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\n"
     b"transfer-encoding: chunked\r\n\r\n"
@@ -34,15 +39,33 @@ class Frames:
         pad = max(1, chunk_bytes - len(empty))
         self.content = _chunked(self._frame("x" * pad))
         usage = {"prompt_tokens": 10, "completion_tokens": 0, "total_tokens": 10}
-        self.usage_template = {"id": "chatcmpl-bench", "object": "chat.completion.chunk", "created": 0,
-                               "model": "gpt-4o-mini", "choices": [], "usage": usage}
+        self.usage_template = {
+            "id": "chatcmpl-bench",
+            "object": "chat.completion.chunk",
+            "created": 0,
+            "model": "gpt-4o-mini",
+            "choices": [],
+            "usage": usage,
+        }
         self.done = _chunked(b"data: [DONE]\n\n") + b"0\r\n\r\n"
+        self._bursts: dict[int, bytes] = {}
 
     @staticmethod
     def _frame(content: str) -> bytes:
-        chunk = {"id": "chatcmpl-bench", "object": "chat.completion.chunk", "created": 0, "model": "gpt-4o-mini",
-                 "choices": [{"index": 0, "delta": {"content": content}, "finish_reason": None}]}
+        chunk = {
+            "id": "chatcmpl-bench",
+            "object": "chat.completion.chunk",
+            "created": 0,
+            "model": "gpt-4o-mini",
+            "choices": [{"index": 0, "delta": {"content": content}, "finish_reason": None}],
+        }
         return b"data: " + json.dumps(chunk, separators=(",", ":")).encode() + b"\n\n"
+
+    def burst(self, n: int) -> bytes:
+        body = self._bursts.get(n)
+        if body is None:
+            body = self._bursts[n] = self.content * n
+        return body
 
     def usage(self, n: int) -> bytes:
         body = dict(self.usage_template)
@@ -76,26 +99,30 @@ class MockUpstream:
                     if line[:15].lower() == b"content-length:":
                         length = int(line[15:])
                 body = await reader.readexactly(length) if length else b""
-                await self._respond(body, writer)
+                await self._respond(head.split(b"\r\n", 1)[0], body, writer)
         except (asyncio.IncompleteReadError, ConnectionError, asyncio.LimitOverrunError):
             pass
         finally:
             writer.close()
 
-    async def _respond(self, body: bytes, writer: asyncio.StreamWriter) -> None:
+    async def _respond(self, request_line: bytes, body: bytes, writer: asyncio.StreamWriter) -> None:
         knobs = dict(self.defaults)
         for name, pattern in _NUMBER.items():
-            match = pattern.search(body)
+            match = pattern.search(request_line) or pattern.search(body)
             if match:
                 knobs[name] = int(match.group(1))
         frames = self.frames(knobs["chunk_bytes"])
         delay = knobs["delay_ms"] / 1000
-        writer.write(_HEAD)
-        for _ in range(knobs["n_chunks"]):
-            if delay:
+        if not delay:
+            # A burst: every frame at once, in one write (still one HTTP chunk per frame on the wire).
+            writer.write(_HEAD + frames.burst(knobs["n_chunks"]))
+        else:
+            writer.write(_HEAD)
+            for _ in range(knobs["n_chunks"]):
                 await asyncio.sleep(delay)
-            writer.write(frames.content)
-            await writer.drain()
+                writer.write(frames.content)
+                if writer.transport.get_write_buffer_size() > HIGH_WATER_BYTES:
+                    await writer.drain()
         if b'"include_usage":true' in body.replace(b" ", b""):
             writer.write(frames.usage(knobs["n_chunks"]))
         writer.write(frames.done)
