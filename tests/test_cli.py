@@ -186,3 +186,42 @@ def test_h2c_prior_knowledge_streams(tmp_path: pathlib.Path, monkeypatch: pytest
             assert response.http_version == "HTTP/2"
             assert b"".join(response.iter_raw()) == body
             assert response.headers["x-teeproxy-provider"] == "replay"
+
+
+def readme_examples() -> tuple[list[str], str]:
+    """The README's curl commands (continuation lines joined) and its OpenAI-SDK example, as written there."""
+    readme = (ROOT / "README.md").read_text()
+    consoles = re.findall(r"```console\n(.*?)```", readme, re.S)
+    curls = [
+        re.sub(r"\\\n\s*", "", block).removeprefix("$ ").strip() for block in consoles if block.startswith("$ curl")
+    ]
+    [python] = re.findall(r"```python\n(.*?)```", readme, re.S)[:1]
+    return curls, python
+
+
+def test_readme_examples_work_as_written(serve_process: Served) -> None:
+    """Issue 2's 'done when': a newcomer runs `make run` and pastes the README's curl and SDK examples."""
+    curls, python = readme_examples()
+    assert len(curls) == 2 and all("127.0.0.1:8080" in c for c in curls)
+    here = f"127.0.0.1:{serve_process.port}"
+
+    streamed = subprocess.run(["bash", "-c", curls[0].replace("127.0.0.1:8080", here)], capture_output=True, timeout=30)
+    assert streamed.returncode == 0, streamed.stderr
+    frames = [f for f in streamed.stdout.split(b"\n\n") if f]
+    assert frames[-1] == b"data: [DONE]" and len(frames) > 3
+    assert sum(b'"delta":{"content":' in f for f in frames) > 3 and b'{"content":" upstream!"}' in b"".join(frames)
+
+    with_trailers = subprocess.run(
+        ["bash", "-c", curls[1].replace("127.0.0.1:8080", here)], capture_output=True, timeout=30
+    )
+    head, _, rest = with_trailers.stdout.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200") and b"trailer: x-teeproxy-input-tokens" in head.lower()
+    body, _, trailers = rest.rpartition(b"data: [DONE]\n\n")
+    assert b"x-teeproxy-usage: reported" in trailers.lower() and b"x-teeproxy-cost-usd: " in trailers.lower()
+    assert b'"usage"' not in body  # the usage chunk the proxy asked for is not the client's
+
+    sdk = subprocess.run(
+        [sys.executable, "-c", python.replace("127.0.0.1:8080", here)], capture_output=True, text=True, timeout=60
+    )
+    assert sdk.returncode == 0, sdk.stderr
+    assert sdk.stdout.startswith("Hello from teeproxy's demo upstream!")
