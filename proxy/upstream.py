@@ -21,6 +21,7 @@ from httpcore._utils import is_socket_readable
 from proxy.config import ProviderConfig
 from proxy.errors import ProxyError, UpstreamConnectError, UpstreamProtocolError, UpstreamTimeout
 from proxy.headers import Headers
+from proxy.upstream_pool import UpstreamPool
 
 # One upstream connection per in-flight stream (HTTP/1.1): the pool must be as large as the concurrency a worker
 # serves, or streams queue inside the proxy with no byte sent. The process's fd limit is the real bound.
@@ -66,66 +67,6 @@ class _Backend(AnyIOBackend):
         return _Stream(stream._stream)
 
 
-class _Pool(httpcore.AsyncConnectionPool):
-    """httpcore's pool with request assignment in O(connections) instead of O(connections²).
-
-    httpcore 1.0's `_assign_requests_to_connections` runs on every request and every response close; for each
-    idle connection it rebuilds a list of all connections, and it polls every idle socket for readability.
-    At 200 concurrent streams that is tens of thousands of calls per request (40 % of the proxy's CPU in a
-    profile). This keeps its policy, in one pass: drop closed connections; drop idle ones past the keep-alive
-    limit or expiry; reuse the first available connection, checking only that one for a server-side close;
-    else open a new one, closing an idle connection if the pool is full. Each call is one pass over the
-    connections and one over the queued requests (the stock one is O(queued x connections) per call, which
-    with thousands of streams queued at once stalled a worker for seconds per chunk).
-    """
-
-    def _assign_requests_to_connections(self) -> list[httpcore.AsyncConnectionInterface]:
-        closing: list[httpcore.AsyncConnectionInterface] = []
-        kept: list[httpcore.AsyncConnectionInterface] = []
-        available: list[httpcore.AsyncConnectionInterface] = []
-        for connection in self._connections:
-            if connection.is_closed():
-                continue
-            if connection.is_idle() and len(kept) >= self._max_keepalive_connections:
-                closing.append(connection)
-                continue
-            kept.append(connection)
-            if connection.is_available():
-                available.append(connection)
-        self._connections = kept
-        # One pass over the queue, one over the available connections: an HTTP/1.1 connection serves one
-        # request at a time, so each is handed out at most once here.
-        next_available = 0
-        for pool_request in self._requests:
-            if not pool_request.is_queued():
-                continue
-            origin = pool_request.request.url.origin
-            chosen = None
-            while next_available < len(available):
-                connection = available[next_available]
-                next_available += 1
-                if not connection.can_handle_request(origin):
-                    continue
-                if connection.has_expired():  # keep-alive timed out, or the server closed it
-                    closing.append(connection)
-                    self._connections.remove(connection)
-                    continue
-                chosen = connection
-                break
-            if chosen is None:
-                if len(self._connections) >= self._max_connections:
-                    idle = next((c for c in available[next_available:] if c.is_idle()), None)
-                    if idle is None:
-                        break  # the pool is full: this request and the rest wait for a connection to free up
-                    available.remove(idle)
-                    self._connections.remove(idle)
-                    closing.append(idle)
-                chosen = self.create_connection(origin)
-                self._connections.append(chosen)
-            pool_request.assign_to_connection(chosen)
-        return closing
-
-
 def make_client() -> httpx.AsyncClient:
     limits = httpx.Limits(
         max_connections=MAX_CONNECTIONS,
@@ -133,8 +74,9 @@ def make_client() -> httpx.AsyncClient:
         keepalive_expiry=KEEPALIVE_EXPIRY_S,
     )
     transport = httpx.AsyncHTTPTransport(limits=limits, trust_env=False)
-    # The same pool httpx would build, with the two fixes above (httpcore internals, pinned in pyproject).
-    transport._pool = _Pool(
+    # The pool httpx would build, with O(1) connection hand-out (`upstream_pool.py`) and the cached socket above
+    # (httpcore internals, pinned in pyproject).
+    transport._pool = UpstreamPool(
         ssl_context=httpx.create_ssl_context(trust_env=False),
         max_connections=MAX_CONNECTIONS,
         max_keepalive_connections=MAX_CONNECTIONS,
