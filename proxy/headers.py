@@ -61,28 +61,21 @@ def _connection_tokens(headers: Headers) -> set[bytes]:
     return named
 
 
-def upstream_request_headers(headers: Headers) -> Headers:
+def _without_hop_by_hop(headers: Headers, drop: frozenset[bytes], prefixes: tuple[bytes, ...]) -> Headers:
     named = _connection_tokens(headers)
     return [
         (name, value)
         for name, value in headers
-        if name not in HOP_BY_HOP
-        and name not in _REQUEST_DROP
-        and name not in named
-        and not name.startswith((b"proxy-", b"x-teeproxy-"))
+        if name not in HOP_BY_HOP and name not in drop and name not in named and not name.startswith(prefixes)
     ]
+
+
+def upstream_request_headers(headers: Headers) -> Headers:
+    return _without_hop_by_hop(headers, _REQUEST_DROP, (b"proxy-", b"x-teeproxy-"))
 
 
 def client_response_headers(headers: Headers) -> Headers:
-    named = _connection_tokens(headers)
-    return [
-        (name, value)
-        for name, value in headers
-        if name not in HOP_BY_HOP
-        and name not in _RESPONSE_DROP
-        and name not in named
-        and not name.startswith(b"proxy-")
-    ]
+    return _without_hop_by_hop(headers, _RESPONSE_DROP, (b"proxy-",))
 
 
 def get(headers: Headers, name: bytes) -> bytes | None:
