@@ -16,7 +16,7 @@ import msgspec
 from proxy.errors import ConfigError
 from proxy.pricing import PriceOverride
 
-Dialect = Literal["openai"]
+Dialect = Literal["openai", "anthropic", "gemini", "bedrock"]
 
 CONFIG_ENV = "TEEPROXY_CONFIG"
 DEFAULT_MAX_BODY_BYTES = 10 * 1024 * 1024
@@ -55,6 +55,11 @@ class ProviderConfig(_Strict, kw_only=True):
     api_key_env: str | None = None
     # Some OpenAI-compatible upstreams reject `stream_options`: set false to never inject include_usage.
     stream_options: bool = True
+    # Bedrock: the AWS region for SigV4 signing (default: read from a bedrock-runtime.<region>.amazonaws.com URL).
+    region: str | None = None
+    # The genai-prices provider id to price this provider's models with (default: matched from base_url, then
+    # the dialect's own provider).
+    pricing_provider: str | None = None
     connect_timeout_s: float = 10.0
     read_timeout_s: float = 600.0
 
