@@ -9,7 +9,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from proxy.errors import NotFound, openai_error_body
+from proxy.errors import NotFound
+from proxy.providers.openai import error_body
 
 
 async def _health(request: Request) -> Response:
@@ -18,7 +19,7 @@ async def _health(request: Request) -> Response:
 
 async def _not_found(request: Request, exc: Exception) -> Response:
     error = NotFound(f"Unknown request URL: {request.method} {request.url.path}. Please check the URL for typos.")
-    return Response(openai_error_body(error), status_code=404, media_type="application/json")
+    return Response(error_body(error), status_code=404, media_type="application/json")
 
 
 def build_admin() -> Starlette:

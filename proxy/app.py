@@ -46,7 +46,7 @@ class TeeProxy:
         if demo_wanted(self.config):
             self._demo = DemoUpstream(tokens_per_s=self.config.demo.tokens_per_s)
             await self._demo.server.start()
-            demo_url = self._demo.server.base_url
+            demo_url = self._demo.server.root_url
             log.warning(
                 "no provider key in the environment: every model is served by the demo upstream at %s", demo_url
             )

@@ -1,6 +1,6 @@
 """The exception tree, and how each error reaches the client.
 
-    ProxyError                    status, error_type and code in OpenAI's error format
+    ProxyError                    status, error_type and code; each dialect renders them in its own format
     ├── ClientError               the request is at fault, nothing goes upstream
     │   ├── Unauthorized          401  missing or unknown client key
     │   ├── NotFound              404  unknown path
@@ -15,15 +15,13 @@
     └── ConfigError               a bad config file: stops start-up with a message naming the key
 
 Parsers raise only `FrameError` (proxy.parsers.sse); it costs usage accuracy, never a forwarded byte, and is
-not a ProxyError. The client sees a ProxyError in its provider's own error format (see `openai_error_body`),
-before the first byte as a real HTTP status.
+not a ProxyError. The client sees a ProxyError in its provider's own error format (`Dialect.error_response`),
+before the first byte as a real HTTP status, and after it as the dialect's in-stream error (`stream_error`).
 """
 
 from __future__ import annotations
 
 from typing import ClassVar
-
-import msgspec
 
 
 class ProxyError(Exception):
@@ -91,22 +89,3 @@ class UpstreamProtocolError(UpstreamError):
 
 class ConfigError(Exception):
     """A bad config file. The message names the file and the offending key."""
-
-
-class _OpenAIErrorDetail(msgspec.Struct):
-    message: str
-    type: str
-    param: str | None
-    code: str | None
-
-
-class _OpenAIError(msgspec.Struct):
-    error: _OpenAIErrorDetail
-
-
-_encode = msgspec.json.Encoder().encode
-
-
-def openai_error_body(error: ProxyError) -> bytes:
-    """`{"error": {"message", "type", "param", "code"}}`, the shape the OpenAI SDKs parse."""
-    return _encode(_OpenAIError(_OpenAIErrorDetail(error.message, error.error_type, None, error.code)))

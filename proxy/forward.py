@@ -1,6 +1,10 @@
-"""One request's life, in phase order.
+"""One request's life, in phase order, the same for every dialect.
 
-    authenticate → read_request → select_upstream → prepare_request → open_upstream → relay → finish
+    recognize → authenticate → read_request → select_upstream → prepare_request → open_upstream → relay → finish
+
+The dialect (`proxy.providers`) is asked at each phase: which endpoint and model, where the client's key is,
+the request rewrite and credentials, whether the response streams, the meter, the frame filter, and the error
+format. Nothing here branches on which dialect it holds.
 
 `finish` runs in `finally`, so every request reaches it; it is where the ledger record is written for every
 request that was sent upstream, whatever the client or the upstream did. An `Exchange` carries the state
@@ -27,10 +31,11 @@ import msgspec
 from proxy import headers as h
 from proxy import upstream as up
 from proxy.asgi_types import Receive, Scope, Send
-from proxy.errors import BadRequest, PayloadTooLarge, ProxyError, UpstreamError, UpstreamTimeout, openai_error_body
+from proxy.errors import BadRequest, PayloadTooLarge, ProxyError, UpstreamError, UpstreamTimeout
 from proxy.ledger import LedgerRecord, utc_iso
-from proxy.metering import Meter, new_meter, render_inline_comment, usage_figures
-from proxy.routing import Upstream
+from proxy.metering import Meter, StreamMetering, new_meter, render_inline_comment, usage_figures
+from proxy.providers import DEFAULT, recognize
+from proxy.providers.base import Dialect, FrameFilter, Incoming, Outgoing, Route, Upstream
 from proxy.state import ProxyState
 from proxy.usage import Usage
 
@@ -54,11 +59,12 @@ class Exchange:
     started_at: float
     started_wall: datetime
     endpoint_path: str
+    dialect: Dialect = DEFAULT
     key_name: str | None = None
-    endpoint: str = ""
+    route: Route | None = None
     model: str | None = None
     upstream: Upstream | None = None
-    client_asked_usage: bool = False
+    strip_usage_frame: bool = False  # the proxy caused a usage frame the client did not ask for
     inline_usage: bool = False
     trailers: bool = False
     sent_upstream: bool = False
@@ -86,26 +92,29 @@ async def handle(state: ProxyState, scope: Scope, receive: Receive, send: Send) 
     ex = new_exchange(scope)
     response: httpx.Response | None = None
     try:
-        ex.key_name = state.keys.authenticate(scope["headers"])
-        ex.endpoint = state.endpoint_for(scope["path"], scope["method"])
-        if ex.endpoint == "models":
-            await _send_json(ex, send, 200, state.models_body())
+        incoming = Incoming(
+            method=scope["method"],
+            path=scope["path"],
+            raw_path=scope.get("raw_path") or scope["path"].encode(),
+            query=scope.get("query_string", b""),
+            headers=scope["headers"],
+        )
+        ex.dialect, found = recognize(incoming)
+        ex.key_name = state.keys.authenticate(ex.dialect.client_key(incoming))
+        if isinstance(found, ProxyError):
+            raise found
+        route = ex.route = found
+        if route.local:
+            await _send_json(ex, send, 200, state.models_body(ex.dialect))
             return
         body = await read_body(receive, scope, state.config.server.max_body_bytes)
-        request = parse_request(body)
-        ex.model = request["model"]
-        ex.upstream = state.router.select(ex.model)
+        request = parse_request(body, route)
+        ex.model = route.model or request["model"]
+        ex.upstream = state.router.select(ex.model, ex.dialect.name)
         ex.trailers = state.trailers_for(scope)
-        forward_headers, forward_body = prepare_request(state, ex, scope, request, body)
+        outgoing = prepare_request(state, ex, scope, request, body)
         ex.sent_upstream = True
-        response = await up.open_stream(
-            state.client,
-            "POST",
-            ex.upstream.base_url + _suffix(scope),
-            forward_headers,
-            forward_body,
-            ex.upstream.provider,
-        )
+        response = await up.open_stream(state.client, outgoing, ex.upstream.provider)
         await relay(state, ex, response, receive, send)
     except ProxyError as exc:
         if isinstance(exc, UpstreamError):
@@ -124,13 +133,6 @@ async def handle(state: ProxyState, scope: Scope, receive: Receive, send: Send) 
         if response is not None:
             await up.close(response)
         finish(state, ex)
-
-
-def _suffix(scope: Scope) -> str:
-    # The endpoint path below /v1, appended to the provider's base_url (which ends in its own /v1).
-    path: str = scope["path"][3:]
-    query: bytes = scope.get("query_string", b"")
-    return path + ("?" + query.decode("latin-1") if query else "")
 
 
 async def read_body(receive: Receive, scope: Scope, limit: int) -> bytes:
@@ -152,7 +154,8 @@ async def read_body(receive: Receive, scope: Scope, limit: int) -> bytes:
             return b"".join(parts)
 
 
-def parse_request(body: bytes) -> dict[str, Any]:
+def parse_request(body: bytes, route: Route) -> dict[str, Any]:
+    """Every dialect's request body is a JSON object; the model is in it unless the path names it."""
     try:
         request = _json_decode(body)
     except msgspec.DecodeError:
@@ -161,64 +164,44 @@ def parse_request(body: bytes) -> dict[str, Any]:
         ) from None
     if not isinstance(request, dict):
         raise BadRequest("The request body must be a JSON object.")
-    model = request.get("model")
-    if not isinstance(model, str) or not model:
-        raise BadRequest("You must provide a model parameter.")
+    if route.model is None:
+        model = request.get("model")
+        if not isinstance(model, str) or not model:
+            raise BadRequest("You must provide a model parameter.")
     return request
 
 
-def prepare_request(
-    state: ProxyState, ex: Exchange, scope: Scope, request: dict[str, Any], body: bytes
-) -> tuple[h.Headers, bytes]:
-    """Swap credentials, and merge `stream_options.include_usage` into streaming chat/completions requests."""
-    assert ex.upstream is not None
+def prepare_request(state: ProxyState, ex: Exchange, scope: Scope, request: dict[str, Any], body: bytes) -> Outgoing:
+    """The client's headers less its credentials and hop-by-hop ones; the dialect's rewrite (OpenAI: merge
+    `stream_options.include_usage`) when metering; then the provider's credentials."""
+    assert ex.upstream is not None and ex.route is not None
     forward_headers = h.upstream_request_headers(scope["headers"])
     forward_headers.append((b"accept-encoding", b"identity"))
-    if ex.upstream.api_key:
-        forward_headers.append((b"authorization", b"Bearer " + ex.upstream.api_key.encode()))
     ex.inline_usage = (h.get(scope["headers"], b"x-teeproxy-usage") or b"").strip().lower() == b"inline"
-    stream_options = request.get("stream_options")
-    ex.client_asked_usage = isinstance(stream_options, dict) and stream_options.get("include_usage") is True
-    if (
-        state.metering
-        and request.get("stream") is True
-        and ex.endpoint in ("chat", "completions")
-        and ex.upstream.provider.stream_options
-        and not ex.client_asked_usage
-    ):
-        merged = dict(stream_options) if isinstance(stream_options, dict) else {}
-        merged["include_usage"] = True
-        request["stream_options"] = merged
+    if state.metering and ex.dialect.rewrite_request(ex.route, request, ex.upstream.provider):
+        ex.strip_usage_frame = True
         body = _json_encode(request)
-    return forward_headers, body
+    outgoing = Outgoing("POST", ex.upstream.base_url + ex.route.upstream_path, forward_headers, body)
+    ex.dialect.attach_credentials(outgoing, ex.upstream)
+    return outgoing
 
 
 async def relay(state: ProxyState, ex: Exchange, response: httpx.Response, receive: Receive, send: Send) -> None:
     """Tee the upstream body to the client while the meter reads it on the side; watch for the client leaving."""
-    assert ex.upstream is not None
+    assert ex.upstream is not None and ex.route is not None
+    dialect, route = ex.dialect, ex.route
     ex.status = response.status_code
-    streaming = response.headers.get("content-type", "").startswith("text/event-stream")
-    meter = new_meter(state, ex.endpoint, streaming, response.status_code) if state.metering else None
+    content_type = response.headers.get("content-type", "")
+    streaming = response.status_code < 400 and dialect.is_stream(route, content_type)
+    sse = content_type.startswith("text/event-stream")
+    meter: Meter | None = None
+    if state.metering and route.billable:
+        meter = new_meter(dialect, route, streaming, list(response.headers.raw))
     ex.meter = meter
-    rewrite = (
-        meter is not None
-        and streaming
-        and (
-            ex.inline_usage
-            or (
-                ex.upstream.provider.stream_options
-                and not ex.client_asked_usage
-                and ex.endpoint in ("chat", "completions")
-            )
-        )
-    )
-    frame_filter = None
-    if rewrite:
-        assert meter is not None
-        frame_filter = meter.frame_filter(
-            strip_usage_chunk=not ex.client_asked_usage,
-            inline=(lambda: render_inline_comment(state, ex)) if ex.inline_usage else None,
-        )
+    frame_filter: FrameFilter | None = None
+    if isinstance(meter, StreamMetering) and (ex.strip_usage_frame or ex.inline_usage):
+        comment = (lambda: render_inline_comment(state, ex)) if ex.inline_usage and sse else None
+        frame_filter = dialect.frame_filter(route, meter.inner, ex.strip_usage_frame, comment)
 
     response_headers = h.client_response_headers(list(response.headers.raw))
     if not streaming and frame_filter is None and not ex.trailers:
@@ -277,8 +260,8 @@ async def relay(state: ProxyState, ex: Exchange, response: httpx.Response, recei
         if failure is not None and streaming:
             # After the first byte the status is spent: tell the client in the dialect's own in-stream form,
             # in a frame of its own even when the upstream stopped mid-frame.
-            event = b"data: " + openai_error_body(failure) + b"\n\n"
-            if last_out and not last_out.endswith(_FRAME_ENDS):
+            event = dialect.stream_error(route, failure)
+            if sse and last_out and not last_out.endswith(_FRAME_ENDS):
                 event = b"\n\n" + event
             await emit(event)
         pump_done = True
@@ -365,13 +348,13 @@ def finish(state: ProxyState, ex: Exchange) -> None:
     )
 
 
-async def _send_json(ex: Exchange, send: Send, status: int, body: bytes) -> None:
+async def _send_json(ex: Exchange, send: Send, status: int, body: bytes, headers: h.Headers | None = None) -> None:
     await send(
         {
             "type": "http.response.start",
             "status": status,
             "headers": [
-                (b"content-type", b"application/json"),
+                *(headers if headers is not None else [(b"content-type", b"application/json")]),
                 (b"content-length", str(len(body)).encode()),
                 *_identity_headers(ex),
             ],
@@ -385,5 +368,5 @@ async def _send_json(ex: Exchange, send: Send, status: int, body: bytes) -> None
 async def _send_error(ex: Exchange, send: Send, exc: ProxyError) -> None:
     if ex.response_started:
         return
-    ex.status = exc.status
-    await _send_json(ex, send, exc.status, openai_error_body(exc))
+    status, headers, body = ex.dialect.error_response(exc)
+    await _send_json(ex, send, status, body, headers)

@@ -30,7 +30,16 @@ HOP_BY_HOP = frozenset(
 # the body framing (httpx recomputes it for the body we send), Accept-Encoding (we ask for identity so the
 # sidecar meter reads plain bytes and content-length stays true to what the client gets), our own headers.
 _REQUEST_DROP = frozenset(
-    {b"host", b"authorization", b"x-api-key", b"api-key", b"content-length", b"accept-encoding", b"cookie"}
+    {
+        b"host",
+        b"authorization",
+        b"x-api-key",
+        b"api-key",
+        b"x-goog-api-key",
+        b"content-length",
+        b"accept-encoding",
+        b"cookie",
+    }
 )
 
 # Never sent to the client: framing is the server's job; content-length is re-added by the caller only when

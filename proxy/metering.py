@@ -7,13 +7,12 @@ to `MAX_METERED_BODY_BYTES`) and read once at the end. Either way a parse failur
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from decimal import Decimal
 from typing import TYPE_CHECKING, Protocol
 
 import msgspec
 
-from proxy.providers.openai import OpenAIFrameFilter, OpenAIStreamMeter, usage_from_body
+from proxy.providers.base import Dialect, Headers, Route, StreamMeter
 from proxy.usage import Usage, UsageStatus
 
 if TYPE_CHECKING:
@@ -25,44 +24,41 @@ if TYPE_CHECKING:
 MAX_METERED_BODY_BYTES = 64 * 1024 * 1024
 
 
-class FrameFilter(Protocol):
-    def feed(self, data: bytes) -> bytes: ...
-    def close(self) -> bytes: ...
-
-
 class Meter(Protocol):
     def feed(self, data: bytes) -> None: ...
     def close(self) -> None: ...
     def result(self) -> tuple[Usage | None, UsageStatus]: ...
     @property
     def finished(self) -> bool: ...
-    def frame_filter(self, strip_usage_chunk: bool, inline: Callable[[], bytes] | None) -> FrameFilter: ...
 
 
-class StreamMeter:
-    def __init__(self, endpoint: str) -> None:
-        self._meter = OpenAIStreamMeter(endpoint)
+class StreamMetering:
+    """A dialect's stream meter, read frame by frame."""
+
+    def __init__(self, inner: StreamMeter) -> None:
+        self.inner = inner
 
     def feed(self, data: bytes) -> None:
-        self._meter.feed(data)
+        self.inner.feed(data)
 
     def close(self) -> None:
-        self._meter.close()
+        self.inner.close()
 
     def result(self) -> tuple[Usage | None, UsageStatus]:
-        return self._meter.usage, self._meter.status
+        return self.inner.usage, self.inner.status
 
     @property
     def finished(self) -> bool:
-        return self._meter.finished
-
-    def frame_filter(self, strip_usage_chunk: bool, inline: Callable[[], bytes] | None) -> FrameFilter:
-        return OpenAIFrameFilter(self._meter, strip_usage_chunk=strip_usage_chunk, make_comment=inline)
+        return self.inner.finished
 
 
 class BodyMeter:
-    def __init__(self, endpoint: str, status_code: int) -> None:
-        self._endpoint = endpoint
+    """A whole JSON body, kept (bounded) and read once by the dialect when it ends."""
+
+    def __init__(self, dialect: Dialect, route: Route, headers: Headers) -> None:
+        self._dialect = dialect
+        self._route = route
+        self._headers = headers
         self._parts: list[bytes] = []
         self._size = 0
         self._overflow = False
@@ -89,11 +85,9 @@ class BodyMeter:
             return
         body = b"".join(self._parts)
         self._parts.clear()
-        if b'"usage"' not in body:
-            return
         try:
-            self._usage = usage_from_body(self._endpoint, body)
-        except (msgspec.DecodeError, ValueError):
+            self._usage = self._dialect.body_usage(self._route, body, self._headers)
+        except ValueError:  # msgspec.DecodeError and ValidationError are ValueErrors
             self._status = "unparsed"
             return
         self._status = "reported" if self._usage is not None else "missing"
@@ -105,25 +99,24 @@ class BodyMeter:
     def finished(self) -> bool:
         return False  # a JSON body is finished only when its last byte went out, which the relay knows
 
-    def frame_filter(self, strip_usage_chunk: bool, inline: Callable[[], bytes] | None) -> FrameFilter:
-        raise TypeError("a JSON body has no frames to filter")
 
-
-def new_meter(state: ProxyState, endpoint: str, streaming: bool, status_code: int) -> Meter:
+def new_meter(dialect: Dialect, route: Route, streaming: bool, headers: Headers) -> Meter:
     if streaming:
-        return StreamMeter(endpoint)
-    return BodyMeter(endpoint, status_code)
+        return StreamMetering(dialect.stream_meter(route))
+    return BodyMeter(dialect, route, headers)
 
 
 def usage_figures(state: ProxyState, ex: Exchange) -> tuple[Usage | None, str, Decimal | None, str]:
     """(usage, usage_status, cost, cost_status) as far as the meter got."""
+    if ex.route is not None and not ex.route.billable:
+        return Usage(), "reported", Decimal(0), "priced"  # token counting and the like cost nothing
     meter = ex.meter
     if meter is None:
         return None, "missing", None, "unpriced"
     usage, status = meter.result()
     if usage is None or ex.upstream is None or ex.model is None:
         return usage, status, None, "unpriced"
-    cost, cost_status = state.pricer.price(ex.upstream.provider.dialect, ex.model, usage)
+    cost, cost_status = state.pricer.price(ex.upstream.provider, ex.model, usage)
     return usage, status, cost, cost_status
 
 

@@ -9,25 +9,46 @@ prices), unless the config overrides a model, which takes precedence:
             + output * output_per_mtok) / 1,000,000
 
 `input` includes cache reads and writes (proxy.usage), and genai-prices' `input_tokens` means the same, so a
-Usage maps onto it field for field. A model with no price anywhere gets no cost and the status "unpriced",
-never a silent 0. There is no float anywhere on this path.
+Usage maps onto it field for field (with Anthropic's one-hour cache writes priced apart).
+
+Which provider's prices: `[[providers]] pricing_provider` when set; else the genai-prices provider whose API
+URL pattern matches the provider's base_url (DeepSeek, xAI, Mistral, Groq, OpenRouter, Together, ...); else the
+dialect's own provider (a local vLLM speaking OpenAI's dialect is priced as OpenAI's models of that name).
+
+A model with no price anywhere gets no cost and the status "unpriced", never a silent 0. There is no float
+anywhere on this path.
 """
 
 from __future__ import annotations
 
+import re
 from decimal import Decimal
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import genai_prices
 import msgspec
+from genai_prices import data as price_data
 
 from proxy.usage import Usage
+
+if TYPE_CHECKING:
+    from proxy.config import ProviderConfig
 
 CostStatus = Literal["priced", "unpriced"]
 MTOK = Decimal(1_000_000)
 
 # Our dialect names → genai-prices provider ids.
-_PROVIDER_IDS = {"openai": "openai", "anthropic": "anthropic", "gemini": "google", "bedrock": "aws"}
+_DIALECT_PROVIDER_IDS = {"openai": "openai", "anthropic": "anthropic", "gemini": "google", "bedrock": "aws"}
+
+
+def price_provider_id(provider: ProviderConfig) -> str:
+    """The genai-prices provider whose prices apply to `provider`'s models."""
+    if provider.pricing_provider:
+        return provider.pricing_provider
+    for known in price_data.providers:
+        if known.api_pattern and re.match(known.api_pattern, provider.base_url):
+            return known.id
+    return _DIALECT_PROVIDER_IDS.get(provider.dialect, provider.dialect)
 
 
 class PriceOverride(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -57,12 +78,16 @@ class Pricer:
         # genai-prices matches model names against its data on every call; remember the misses so an
         # unpriced model costs one lookup, not one per request.
         self._unpriced: set[tuple[str, str]] = set()
+        self._provider_ids: dict[str, str] = {}
 
-    def price(self, provider: str, model: str, usage: Usage) -> tuple[Decimal | None, CostStatus]:
+    def price(self, provider: ProviderConfig, model: str, usage: Usage) -> tuple[Decimal | None, CostStatus]:
         override = self._overrides.get(model)
         if override is not None:
             return override.cost(usage), "priced"
-        key = (provider, model)
+        provider_id = self._provider_ids.get(provider.name)
+        if provider_id is None:
+            provider_id = self._provider_ids[provider.name] = price_provider_id(provider)
+        key = (provider_id, model)
         if key in self._unpriced:
             return None, "unpriced"
         try:
@@ -71,10 +96,11 @@ class Pricer:
                     input_tokens=usage.input_tokens,
                     cache_read_tokens=usage.cached_tokens,
                     cache_write_tokens=usage.cache_write_tokens,
+                    cache_write_1h_tokens=usage.cache_write_1h_tokens or None,
                     output_tokens=usage.output_tokens,
                 ),
                 model_ref=model,
-                provider_id=_PROVIDER_IDS.get(provider, provider),
+                provider_id=provider_id,
             )
         except LookupError:
             if len(self._unpriced) < 10_000:

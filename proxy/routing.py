@@ -1,7 +1,8 @@
-"""Which provider serves a request: endpoints, model routes, client keys.
+"""Which provider serves a request: model routes and client keys.
 
-Nothing the client sends chooses a host: the path picks one of a fixed set of endpoints, the model picks a
-route from the config, and the route names providers whose base_url the config fixed.
+Nothing the client sends chooses a host: the path picks a dialect and one of its fixed endpoints, the model
+picks a route from the config, and the route names providers whose base_url the config fixed. A route serves a
+dialect only through providers that speak it: there is no translation between dialects.
 """
 
 from __future__ import annotations
@@ -9,40 +10,16 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import os
-from dataclasses import dataclass
 
 from proxy.config import Config, ProviderConfig
-from proxy.errors import MethodNotAllowed, ModelNotFound, NotFound, Unauthorized
-from proxy.headers import Headers
+from proxy.errors import ModelNotFound, Unauthorized
+from proxy.providers.base import Upstream
 
-# path -> (endpoint kind, method). The kind is what the dialect's meter needs to know.
-OPENAI_ENDPOINTS: dict[str, str] = {
-    "/v1/chat/completions": "chat",
-    "/v1/completions": "completions",
-    "/v1/responses": "responses",
-    "/v1/embeddings": "embeddings",
-}
-MODELS_PATH = "/v1/models"
-
-
-@dataclass(frozen=True, slots=True)
-class Upstream:
-    provider: ProviderConfig
-    base_url: str
-    api_key: str | None
-
-
-def endpoint_for(path: str, method: str) -> str:
-    kind = OPENAI_ENDPOINTS.get(path)
-    if kind is None:
-        if path == MODELS_PATH:
-            if method != "GET":
-                raise MethodNotAllowed(f"{method} is not allowed on {path}")
-            return "models"
-        raise NotFound(f"Unknown request URL: {method} {path}. Please check the URL for typos.")
-    if method != "POST":
-        raise MethodNotAllowed(f"{method} is not allowed on {path}; use POST")
-    return kind
+# Distinct model strings remembered per worker; past this, lookups are recomputed rather than remembered.
+MAX_CACHED_MODELS = 4096
+# The demo upstream takes any credentials; sending one keeps every dialect on its key path (Bedrock: bearer
+# rather than SigV4, which would need AWS credentials a newcomer does not have).
+DEMO_UPSTREAM_KEY = "demo-upstream-key"
 
 
 class KeyRing:
@@ -51,16 +28,8 @@ class KeyRing:
     def __init__(self, config: Config) -> None:
         self._names = {key.sha256.lower(): key.name for key in config.keys}
 
-    def authenticate(self, headers: Headers) -> str:
-        """The key's name, or Unauthorized. OpenAI SDKs send `Authorization: Bearer`, Anthropic's `x-api-key`."""
-        presented: bytes | None = None
-        for name, value in headers:
-            if name == b"authorization":
-                scheme, _, token = value.partition(b" ")
-                if scheme.lower() == b"bearer":
-                    presented = token.strip()
-            elif name == b"x-api-key":
-                presented = value.strip()
+    def authenticate(self, presented: bytes | None) -> str:
+        """The key's name, or Unauthorized. Where the key was found is the dialect's business."""
         if not presented:
             raise Unauthorized("Missing API key. Send it as 'Authorization: Bearer <key>'.")
         key_name = self._names.get(hashlib.sha256(presented).hexdigest())
@@ -69,40 +38,51 @@ class KeyRing:
         return key_name
 
 
-class Router:
-    def __init__(self, config: Config, demo_base_url: str | None = None) -> None:
-        self._routes = [(route.models, route.providers) for route in config.routes]
-        self._providers = {p.name: p for p in config.providers}
-        self._demo = (
-            ProviderConfig(name="demo", dialect="openai", base_url=demo_base_url) if demo_base_url is not None else None
-        )
-        self._cache: dict[str, Upstream] = {}
+def demo_base_url(root_url: str, dialect: str) -> str:
+    """The demo upstream serves every dialect; OpenAI's base_url includes its /v1 like the real one."""
+    return root_url + "/v1" if dialect == "openai" else root_url
 
-    def select(self, model: str) -> Upstream:
-        upstream = self._cache.get(model)
+
+class Router:
+    def __init__(self, config: Config, demo_root_url: str | None = None) -> None:
+        self._providers = {p.name: p for p in config.providers}
+        self._routes = [(route.models, [self._providers[name] for name in route.providers]) for route in config.routes]
+        self._demo_root_url = demo_root_url
+        self._cache: dict[tuple[str, str], Upstream] = {}
+
+    def select(self, model: str, dialect: str) -> Upstream:
+        key = (dialect, model)
+        upstream = self._cache.get(key)
         if upstream is None:
-            upstream = self._select(model)
-            if len(self._cache) < 4096:
-                self._cache[model] = upstream
+            upstream = self._select(model, dialect)
+            if len(self._cache) < MAX_CACHED_MODELS:
+                self._cache[key] = upstream
         return upstream
 
-    def _select(self, model: str) -> Upstream:
+    def _select(self, model: str, dialect: str) -> Upstream:
         for patterns, providers in self._routes:
-            if any(fnmatch.fnmatchcase(model, pattern) for pattern in patterns):
-                # Failover over the rest of `providers` comes later; the first one serves.
-                if self._demo is not None:
-                    return Upstream(self._demo, self._demo.base_url.rstrip("/"), None)
-                provider = self._providers[providers[0]]
-                key = os.environ.get(provider.api_key_env) if provider.api_key_env else None
-                return Upstream(provider, provider.base_url.rstrip("/"), key)
+            speaking = [p for p in providers if p.dialect == dialect]
+            if not speaking or not any(fnmatch.fnmatchcase(model, pattern) for pattern in patterns):
+                continue
+            # Failover over the rest of `speaking` comes later; the first one serves.
+            provider = speaking[0]
+            if self._demo_root_url is not None:
+                demo = ProviderConfig(
+                    name="demo", dialect=provider.dialect, base_url=demo_base_url(self._demo_root_url, dialect)
+                )
+                return Upstream(demo, demo.base_url, DEMO_UPSTREAM_KEY)
+            key = os.environ.get(provider.api_key_env) if provider.api_key_env else None
+            return Upstream(provider, provider.base_url.rstrip("/"), key)
         raise ModelNotFound(f"The model `{model}` does not exist or you do not have access to it.")
 
-    def model_ids(self) -> list[tuple[str, str]]:
-        """(model id or pattern, provider name) for GET /v1/models."""
+    def model_ids(self, dialect: str) -> list[tuple[str, str]]:
+        """(model id or pattern, provider name) of the routes that serve `dialect`, for the model lists."""
         out: list[tuple[str, str]] = []
         for patterns, providers in self._routes:
-            owner = "demo" if self._demo is not None else providers[0]
-            out.extend((pattern, owner) for pattern in patterns)
+            speaking = [p for p in providers if p.dialect == dialect]
+            if speaking:
+                owner = "demo" if self._demo_root_url is not None else speaking[0].name
+                out.extend((pattern, owner) for pattern in patterns)
         return out
 
 

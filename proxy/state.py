@@ -6,26 +6,14 @@ import logging
 from dataclasses import dataclass, field
 
 import httpx
-import msgspec
 
 from proxy import headers as h
 from proxy.asgi_types import Scope
 from proxy.config import Config
 from proxy.ledger import Ledger
 from proxy.pricing import Pricer
-from proxy.routing import KeyRing, Router, endpoint_for
-
-
-class _Model(msgspec.Struct):
-    id: str
-    owned_by: str
-    object: str = "model"
-    created: int = 0
-
-
-class _ModelList(msgspec.Struct):
-    data: list[_Model]
-    object: str = "list"
+from proxy.providers.base import Dialect
+from proxy.routing import KeyRing, Router
 
 
 @dataclass(slots=True)
@@ -39,14 +27,11 @@ class ProxyState:
     # Whether HTTP/1.1 responses can carry trailers (serving.install_http11_trailers succeeded).
     http11_trailers: bool = False
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("teeproxy"))
-    _models_body: bytes = b""
+    _models_bodies: dict[str, bytes] = field(default_factory=dict)
 
     @property
     def metering(self) -> bool:
         return self.config.metering.enabled
-
-    def endpoint_for(self, path: str, method: str) -> str:
-        return endpoint_for(path, method)
 
     def trailers_for(self, scope: Scope) -> bool:
         """Billing trailers go out when the client asked (`TE: trailers`) and the protocol can carry them."""
@@ -57,8 +42,8 @@ class ProxyState:
             return False
         return h.wants_trailers(scope["headers"], version)
 
-    def models_body(self) -> bytes:
-        if not self._models_body:
-            models = [_Model(id=model, owned_by=owner) for model, owner in self.router.model_ids()]
-            self._models_body = msgspec.json.encode(_ModelList(data=models))
-        return self._models_body
+    def models_body(self, dialect: Dialect) -> bytes:
+        body = self._models_bodies.get(dialect.name)
+        if body is None:
+            body = self._models_bodies[dialect.name] = dialect.models_body(self.router.model_ids(dialect.name))
+        return body

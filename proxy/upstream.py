@@ -20,7 +20,7 @@ from httpcore._utils import is_socket_readable
 
 from proxy.config import ProviderConfig
 from proxy.errors import ProxyError, UpstreamConnectError, UpstreamProtocolError, UpstreamTimeout
-from proxy.headers import Headers
+from proxy.providers.base import Outgoing
 from proxy.upstream_pool import UpstreamPool
 
 # One upstream connection per in-flight stream (HTTP/1.1): the pool must be as large as the concurrency a worker
@@ -109,11 +109,11 @@ def map_error(exc: httpx.HTTPError) -> ProxyError:
     return UpstreamProtocolError(f"upstream request failed ({type(exc).__name__})")
 
 
-async def open_stream(
-    client: httpx.AsyncClient, method: str, url: str, headers: Headers, body: bytes, provider: ProviderConfig
-) -> httpx.Response:
+async def open_stream(client: httpx.AsyncClient, outgoing: Outgoing, provider: ProviderConfig) -> httpx.Response:
     """Send the request and return the response with its body not yet read."""
-    request = client.build_request(method, url, headers=headers, content=body, timeout=timeout_for(provider))
+    request = client.build_request(
+        outgoing.method, outgoing.url, headers=outgoing.headers, content=outgoing.body, timeout=timeout_for(provider)
+    )
     try:
         return await client.send(request, stream=True)
     except httpx.HTTPError as exc:

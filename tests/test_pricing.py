@@ -7,8 +7,12 @@ from decimal import Decimal
 import genai_prices
 import pytest
 
-from proxy.pricing import PriceOverride, Pricer
+from proxy.config import ProviderConfig
+from proxy.pricing import PriceOverride, Pricer, price_provider_id
 from proxy.usage import Usage
+
+OPENAI = ProviderConfig(name="openai", base_url="https://api.openai.com/v1")
+ANTHROPIC = ProviderConfig(name="anthropic", dialect="anthropic", base_url="https://api.anthropic.com")
 
 MINI = PriceOverride(
     input_per_mtok=Decimal("0.15"),
@@ -29,7 +33,7 @@ MINI = PriceOverride(
     ],
 )
 def test_override_formula_is_exact(usage: Usage, expected: Decimal) -> None:
-    cost, status = Pricer({"gpt-4o-mini": MINI}).price("openai", "gpt-4o-mini", usage)
+    cost, status = Pricer({"gpt-4o-mini": MINI}).price(OPENAI, "gpt-4o-mini", usage)
     assert status == "priced"
     assert cost == expected
     assert isinstance(cost, Decimal)
@@ -43,17 +47,17 @@ def test_override_cache_write_rate() -> None:
         output_per_mtok=Decimal("15"),
     )
     usage = Usage(input_tokens=10_000, cached_tokens=6_000, cache_write_tokens=3_000, output_tokens=100)
-    cost, _ = Pricer({"m": override}).price("anthropic", "m", usage)
+    cost, _ = Pricer({"m": override}).price(ANTHROPIC, "m", usage)
     # (1000 * 3 + 6000 * 0.30 + 3000 * 3.75 + 100 * 15) / 1e6
     assert cost == Decimal("0.01755")
 
 
 def test_override_takes_precedence_over_the_price_data() -> None:
     usage = Usage(input_tokens=1_000_000, output_tokens=0)
-    table, _ = Pricer({}).price("openai", "gpt-4o-mini", usage)
+    table, _ = Pricer({}).price(OPENAI, "gpt-4o-mini", usage)
     override, _ = Pricer(
         {"gpt-4o-mini": PriceOverride(input_per_mtok=Decimal("9"), output_per_mtok=Decimal("9"))}
-    ).price("openai", "gpt-4o-mini", usage)
+    ).price(OPENAI, "gpt-4o-mini", usage)
     assert override == Decimal("9") != table
 
 
@@ -68,7 +72,7 @@ def test_override_takes_precedence_over_the_price_data() -> None:
     ],
 )
 def test_price_table(model: str, usage: Usage, expected: Decimal) -> None:
-    cost, status = Pricer({}).price("openai", model, usage)
+    cost, status = Pricer({}).price(OPENAI, model, usage)
     assert (cost, status) == (expected, "priced")
     direct = genai_prices.calc_price(
         genai_prices.Usage(
@@ -83,4 +87,51 @@ def test_price_table(model: str, usage: Usage, expected: Decimal) -> None:
 def test_unknown_model_is_unpriced_never_zero() -> None:
     pricer = Pricer({})
     for _ in range(2):  # the second answer comes from the miss cache
-        assert pricer.price("openai", "no-such-model-anywhere", Usage(input_tokens=5)) == (None, "unpriced")
+        assert pricer.price(OPENAI, "no-such-model-anywhere", Usage(input_tokens=5)) == (None, "unpriced")
+
+
+@pytest.mark.parametrize(
+    ("provider", "expected"),
+    [
+        (ProviderConfig(name="d", base_url="https://api.deepseek.com/v1"), "deepseek"),
+        (ProviderConfig(name="x", base_url="https://api.x.ai/v1"), "x-ai"),
+        (ProviderConfig(name="m", base_url="https://api.mistral.ai/v1"), "mistral"),
+        (ProviderConfig(name="g", base_url="https://api.groq.com/openai/v1"), "groq"),
+        (ProviderConfig(name="o", base_url="https://openrouter.ai/api/v1"), "openrouter"),
+        (ProviderConfig(name="t", base_url="https://api.together.xyz/v1"), "together"),
+        (ProviderConfig(name="a", dialect="anthropic", base_url="https://api.anthropic.com"), "anthropic"),
+        (ProviderConfig(name="gm", dialect="gemini", base_url="https://generativelanguage.googleapis.com"), "google"),
+        (
+            ProviderConfig(name="b", dialect="bedrock", base_url="https://bedrock-runtime.us-east-1.amazonaws.com"),
+            "aws",
+        ),
+        # A local server speaking OpenAI's dialect: priced as the dialect's provider, unless the config says.
+        (ProviderConfig(name="vllm", base_url="http://127.0.0.1:8000/v1"), "openai"),
+        (ProviderConfig(name="q", base_url="http://127.0.0.1:8000/v1", pricing_provider="deepseek"), "deepseek"),
+    ],
+)
+def test_each_provider_is_priced_from_its_own_price_list(provider: ProviderConfig, expected: str) -> None:
+    assert price_provider_id(provider) == expected
+
+
+def test_compatible_providers_models_are_priced_by_their_own_provider() -> None:
+    usage = Usage(input_tokens=1_000_000, output_tokens=1_000_000)
+    deepseek = ProviderConfig(name="deepseek", base_url="https://api.deepseek.com")
+    cost, status = Pricer({}).price(deepseek, "deepseek-chat", usage)
+    direct = genai_prices.calc_price(
+        genai_prices.Usage(input_tokens=1_000_000, output_tokens=1_000_000),
+        model_ref="deepseek-chat",
+        provider_id="deepseek",
+    )
+    assert status == "priced"
+    assert cost == direct.total_price
+
+
+def test_anthropic_one_hour_cache_writes_are_priced_apart() -> None:
+    # Claude Sonnet 4: cache write 3.75 (5 min) vs 6.00 (1 h) USD per million tokens.
+    pricer = Pricer({})
+    five_minutes = Usage(input_tokens=1_000_000, cache_write_tokens=1_000_000)
+    one_hour = Usage(input_tokens=1_000_000, cache_write_tokens=1_000_000, cache_write_1h_tokens=1_000_000)
+    cost_5m, _ = pricer.price(ANTHROPIC, "claude-sonnet-4-20250514", five_minutes)
+    cost_1h, _ = pricer.price(ANTHROPIC, "claude-sonnet-4-20250514", one_hour)
+    assert (cost_5m, cost_1h) == (Decimal("3.75"), Decimal("6"))

@@ -93,7 +93,8 @@ class StreamMeter(Protocol):
 
 class FrameFilter(Protocol):
     """Forwards a stream while changing it in a dialect-approved way (removing the usage frame the proxy caused,
-    inserting the inline usage comment). Output equals input otherwise."""
+    inserting the inline usage comment). Output equals input otherwise. A filter feeds the stream meter it was
+    made with from the same bytes (and closes it in `close`): the relay then feeds nothing else."""
 
     def feed(self, data: bytes) -> bytes: ...
 
@@ -154,18 +155,21 @@ class Dialect(Protocol):
 
 
 class TailComment:
-    """The inline usage comment for SSE dialects with nothing to remove: the stream passes through unchanged and
-    the comment line goes after its last byte, on a line of its own."""
+    """The inline usage comment for SSE dialects with nothing to remove: the stream passes through unchanged (and
+    feeds the meter, as every filter does) and the comment line goes after its last byte, on a line of its own."""
 
-    def __init__(self, comment: Callable[[], bytes]) -> None:
+    def __init__(self, meter: StreamMeter, comment: Callable[[], bytes]) -> None:
+        self._meter = meter
         self._comment = comment
         self._last = b"\n"
 
     def feed(self, data: bytes) -> bytes:
+        self._meter.feed(data)
         if data:
             self._last = data[-1:]
         return data
 
     def close(self) -> bytes:
+        self._meter.close()
         line = self._comment()
         return line if self._last in (b"\n", b"\r") else b"\n" + line

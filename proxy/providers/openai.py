@@ -33,11 +33,17 @@ object), in which case `usage` still holds the last one that was read, as a lowe
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from proxy.errors import MethodNotAllowed, ProxyError
 from proxy.parsers.sse import MAX_LINE_BYTES, FrameError, SSEEvent, SSEParser
+from proxy.providers.base import FrameFilter, Headers, Incoming, Outgoing, Route, StreamMeter, Upstream
 from proxy.usage import Usage, UsageStatus
+
+if TYPE_CHECKING:
+    from proxy.config import ProviderConfig
 
 _USAGE_MARKER = b'"usage"'
 # msgspec cannot put Raw in a union with None; an empty Raw stands for "field absent".
@@ -334,3 +340,128 @@ class OpenAIFrameFilter:
         del pending[: upto - base]
         self._base = upto
         return bytes(out)
+
+
+# --- the dialect: what forward.py asks of OpenAI and the OpenAI-compatible family --------------------------------
+
+# path -> endpoint kind. The provider's base_url ends in its own API root (`https://api.openai.com/v1`,
+# `https://api.groq.com/openai/v1`, ...), so the path below /v1 is what is appended to it.
+_ENDPOINTS = {
+    "/v1/chat/completions": "chat",
+    "/v1/completions": "completions",
+    "/v1/responses": "responses",
+    "/v1/embeddings": "embeddings",
+}
+_MODELS_PATH = "/v1/models"
+_INCLUDE_USAGE_KINDS = frozenset({"chat", "completions"})
+_JSON = [(b"content-type", b"application/json")]
+
+
+class _ErrorDetail(msgspec.Struct):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class _Error(msgspec.Struct):
+    error: _ErrorDetail
+
+
+class _Model(msgspec.Struct):
+    id: str
+    owned_by: str
+    object: str = "model"
+    created: int = 0
+
+
+class _ModelList(msgspec.Struct):
+    data: list[_Model]
+    object: str = "list"
+
+
+_encode = msgspec.json.Encoder().encode
+
+
+def error_body(exc: ProxyError) -> bytes:
+    """`{"error": {"message", "type", "param", "code"}}`, the shape the OpenAI SDKs parse."""
+    return _encode(_Error(_ErrorDetail(exc.message, exc.error_type, None, exc.code)))
+
+
+def bearer_token(headers: Headers) -> bytes | None:
+    for name, value in headers:
+        if name == b"authorization":
+            scheme, _, token = value.partition(b" ")
+            if scheme.lower() == b"bearer":
+                return token.strip()
+    return None
+
+
+class OpenAIDialect:
+    name = "openai"
+
+    def match(self, incoming: Incoming) -> Route | None:
+        kind = _ENDPOINTS.get(incoming.path)
+        if kind is None:
+            if incoming.path != _MODELS_PATH:
+                return None
+            if incoming.method != "GET":
+                raise MethodNotAllowed(f"{incoming.method} is not allowed on {incoming.path}")
+            return Route(kind="models", upstream_path="", local=True)
+        if incoming.method != "POST":
+            raise MethodNotAllowed(f"{incoming.method} is not allowed on {incoming.path}; use POST")
+        query = incoming.query
+        return Route(kind=kind, upstream_path=incoming.path[3:] + ("?" + query.decode("latin-1") if query else ""))
+
+    def client_key(self, incoming: Incoming) -> bytes | None:
+        token = bearer_token(incoming.headers)
+        if token:
+            return token
+        for name, value in incoming.headers:
+            if name == b"x-api-key":
+                return value.strip()
+        return None
+
+    def rewrite_request(self, route: Route, request: dict[str, Any], provider: ProviderConfig) -> bool:
+        """Merge `stream_options.include_usage` into a streaming chat/completions request that did not ask for it;
+        True when it did (the usage-only chunk that causes is then removed from the client's stream)."""
+        if route.kind not in _INCLUDE_USAGE_KINDS or request.get("stream") is not True or not provider.stream_options:
+            return False
+        stream_options = request.get("stream_options")
+        if isinstance(stream_options, dict) and stream_options.get("include_usage") is True:
+            return False
+        merged = dict(stream_options) if isinstance(stream_options, dict) else {}
+        merged["include_usage"] = True
+        request["stream_options"] = merged
+        return True
+
+    def attach_credentials(self, outgoing: Outgoing, upstream: Upstream) -> None:
+        if upstream.api_key:
+            outgoing.headers.append((b"authorization", b"Bearer " + upstream.api_key.encode()))
+
+    def is_stream(self, route: Route, content_type: str) -> bool:
+        return content_type.startswith("text/event-stream")
+
+    def stream_meter(self, route: Route) -> StreamMeter:
+        return OpenAIStreamMeter(route.kind)
+
+    def body_usage(self, route: Route, body: bytes, headers: Headers) -> Usage | None:
+        return usage_from_body(route.kind, body)
+
+    def frame_filter(
+        self, route: Route, meter: StreamMeter, strip_usage_frame: bool, comment: Callable[[], bytes] | None
+    ) -> FrameFilter | None:
+        assert isinstance(meter, OpenAIStreamMeter)
+        return OpenAIFrameFilter(meter, strip_usage_chunk=strip_usage_frame, make_comment=comment)
+
+    def error_response(self, exc: ProxyError) -> tuple[int, Headers, bytes]:
+        return exc.status, list(_JSON), error_body(exc)
+
+    def stream_error(self, route: Route, exc: ProxyError) -> bytes:
+        return b"data: " + error_body(exc) + b"\n\n"
+
+    def models_body(self, models: list[tuple[str, str]]) -> bytes:
+        return _encode(_ModelList(data=[_Model(id=model, owned_by=owner) for model, owner in models]))
+
+
+DIALECT = OpenAIDialect()
