@@ -30,6 +30,10 @@ class ServerConfig(_Strict):
     bind: str = "127.0.0.1:8080"
     workers: int = 1
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    # TLS by hypercorn itself (HTTP/2 and HTTP/1.1 by ALPN): PEM files, relative to the config file. boto3 sends
+    # a Bedrock bearer token only to an https endpoint. Both set, or neither.
+    certfile: str | None = None
+    keyfile: str | None = None
 
 
 class MeteringConfig(_Strict):
@@ -104,6 +108,8 @@ def _check(config: Config, source: str) -> None:
             raise ConfigError(f"{source}: keys.{key.name}.sha256 is not a SHA-256 hex digest")
     if config.server.workers < 1:
         raise ConfigError(f"{source}: server.workers must be >= 1")
+    if (config.server.certfile is None) != (config.server.keyfile is None):
+        raise ConfigError(f"{source}: server.certfile and server.keyfile go together: set both or neither")
     if config.server.max_body_bytes < 1:
         raise ConfigError(f"{source}: server.max_body_bytes must be >= 1")
 
@@ -127,4 +133,14 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
         text = file.read_bytes()
     except OSError as exc:
         raise ConfigError(f"cannot read config {file}: {exc.strerror}") from None
-    return parse_config(text, str(file))
+    config = parse_config(text, str(file))
+    return _relative_to(config, file.resolve().parent)
+
+
+def _relative_to(config: Config, directory: pathlib.Path) -> Config:
+    """File paths in a config are relative to the config file, wherever the command runs from."""
+    server = config.server
+    if server.certfile is not None and server.keyfile is not None:
+        server.certfile = str(directory / server.certfile)
+        server.keyfile = str(directory / server.keyfile)
+    return config

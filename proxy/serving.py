@@ -33,9 +33,13 @@ def install_http11_trailers() -> bool:
     return True
 
 
-def hypercorn_config(bind: str, workers: int) -> HypercornConfig:
+def hypercorn_config(bind: str, workers: int, certfile: str | None = None, keyfile: str | None = None) -> HypercornConfig:
     config = HypercornConfig()
     config.bind = [bind]
+    if certfile is not None and keyfile is not None:
+        # hypercorn's own TLS; ALPN offers h2 and http/1.1.
+        config.certfile = certfile
+        config.keyfile = keyfile
     config.workers = workers
     config.accesslog = None
     config.errorlog = "-"
@@ -53,7 +57,7 @@ def create_app(config: Config | None = None) -> TeeProxy:
 def serve(config: Config, config_path: str, bind: str | None = None, workers: int | None = None) -> int:
     bind = bind or config.server.bind
     workers = workers or config.server.workers
-    hc = hypercorn_config(bind, workers)
+    hc = hypercorn_config(bind, workers, config.server.certfile, config.server.keyfile)
     if workers == 1:
         from hypercorn.asyncio import serve as hypercorn_serve
 

@@ -101,6 +101,11 @@ class LoopThread:
         self.loop.close()
 
 
+def root_url(base_url: str) -> str:
+    """The replay server's root: OpenAI's base_url carries /v1, the other dialects' do not."""
+    return base_url.removesuffix("/v1")
+
+
 def proxy_config_text(
     upstream_url: str, ledger_path: str, extra: str = "", provider_extra: str = "", ledger: str | None = None
 ) -> str:
@@ -119,9 +124,40 @@ base_url = "{upstream_url}"
 api_key_env = "{UPSTREAM_KEY_ENV}"
 {provider_extra}
 
+[[providers]]
+name = "replay-anthropic"
+dialect = "anthropic"
+base_url = "{root_url(upstream_url)}"
+api_key_env = "{UPSTREAM_KEY_ENV}"
+
+[[providers]]
+name = "replay-gemini"
+dialect = "gemini"
+base_url = "{root_url(upstream_url)}"
+api_key_env = "{UPSTREAM_KEY_ENV}"
+
+[[providers]]
+name = "replay-bedrock"
+dialect = "bedrock"
+base_url = "{root_url(upstream_url)}"
+api_key_env = "{UPSTREAM_KEY_ENV}"
+region = "us-east-1"
+
 [[routes]]
 models = ["gpt-*", "o*", "babbage*", "text-embedding-*", "deepseek-*", "grok-*"]
 providers = ["replay"]
+
+[[routes]]
+models = ["claude-*"]
+providers = ["replay-anthropic"]
+
+[[routes]]
+models = ["gemini-*"]
+providers = ["replay-gemini"]
+
+[[routes]]
+models = ["anthropic.*", "us.anthropic.*", "amazon.*", "meta.*", "arn:aws:bedrock:*"]
+providers = ["replay-bedrock"]
 
 [[keys]]
 name = "tester"
@@ -139,24 +175,28 @@ output_per_mtok = "0.60"
 class HypercornServer:
     """An ASGI app under a real hypercorn (HTTP/1.1 + h2c) on 127.0.0.1:<ephemeral>, served from `loop`."""
 
-    def __init__(self, loop: LoopThread, app: Any) -> None:
+    def __init__(self, loop: LoopThread, app: Any, tls: tuple[str, str] | None = None) -> None:
         self._loop = loop
         self.app = app
         hc = HypercornConfig()
         hc.bind = ["127.0.0.1:0"]
         hc.accesslog = None
         hc.graceful_timeout = 5.0
+        if tls is not None:
+            hc.certfile, hc.keyfile = tls
+        self.scheme = "https" if tls is not None else "http"
         self._sockets = hc.create_sockets()
+        listening = (self._sockets.secure_sockets or self._sockets.insecure_sockets)[0]
         # Listen now, so a client that connects before hypercorn's accept loop starts waits in the backlog.
-        self._sockets.insecure_sockets[0].listen(128)
-        self.port: int = self._sockets.insecure_sockets[0].getsockname()[1]
+        listening.listen(128)
+        self.port: int = listening.getsockname()[1]
         self._hc = hc
         self._stop: asyncio.Event | None = None
         self._done: asyncio.Future[None] | None = None
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{self.scheme}://127.0.0.1:{self.port}"
 
     def start(self) -> None:
         async def _start() -> None:
@@ -190,8 +230,8 @@ class HypercornServer:
 
 
 class ProxyServer(HypercornServer):
-    def __init__(self, loop: LoopThread, config: Config) -> None:
-        super().__init__(loop, TeeProxy(config, http11_trailers=install_http11_trailers()))
+    def __init__(self, loop: LoopThread, config: Config, tls: tuple[str, str] | None = None) -> None:
+        super().__init__(loop, TeeProxy(config, http11_trailers=install_http11_trailers()), tls)
 
     def ready(self) -> bool:
         return self.app.state is not None
@@ -227,7 +267,13 @@ class Stack:
             time.sleep(0.02)
 
 
-def start_stack(tmp_path: Any, extra: str = "", provider_extra: str = "", ledger: str | None = None) -> Iterator[Stack]:
+def start_stack(
+    tmp_path: Any,
+    extra: str = "",
+    provider_extra: str = "",
+    ledger: str | None = None,
+    tls: tuple[str, str] | None = None,
+) -> Iterator[Stack]:
     loop = LoopThread()
     upstream = ReplayUpstream()
     loop.run(upstream.server.start())
@@ -235,7 +281,7 @@ def start_stack(tmp_path: Any, extra: str = "", provider_extra: str = "", ledger
     config = parse_config(
         proxy_config_text(upstream.base_url, ledger_path, extra, provider_extra, ledger), "test-config"
     )
-    proxy = ProxyServer(loop, config)
+    proxy = ProxyServer(loop, config, tls)
     proxy.start()
     try:
         yield Stack(loop, upstream, proxy, ledger_path)
