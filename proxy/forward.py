@@ -36,6 +36,7 @@ from proxy.ledger import LedgerRecord, utc_iso
 from proxy.metering import Meter, StreamMetering, new_meter, render_inline_comment, usage_figures
 from proxy.providers import DEFAULT, recognize
 from proxy.providers.base import Dialect, FrameFilter, Incoming, Outgoing, Route, Upstream
+from proxy.scrub import SecretScrubber, scrub_headers
 from proxy.state import ProxyState
 from proxy.usage import Usage
 
@@ -204,7 +205,13 @@ async def relay(state: ProxyState, ex: Exchange, response: httpx.Response, recei
         frame_filter = dialect.frame_filter(route, meter.inner, ex.strip_usage_frame, comment)
 
     response_headers = h.client_response_headers(list(response.headers.raw))
-    if not streaming and frame_filter is None and not ex.trailers:
+    scrubber: SecretScrubber | None = None
+    if ex.upstream.api_key:
+        secret = ex.upstream.api_key.encode()
+        response_headers = scrub_headers(response_headers, secret)
+        if response.status_code >= 300:
+            scrubber = SecretScrubber(secret)
+    if not streaming and frame_filter is None and scrubber is None and not ex.trailers:
         length = response.headers.get("content-length")
         if length is not None:
             response_headers.append((b"content-length", length.encode()))
@@ -238,7 +245,14 @@ async def relay(state: ProxyState, ex: Exchange, response: httpx.Response, recei
         nonlocal pump_done
         failure: UpstreamError | None = None
         try:
-            if frame_filter is None:
+            if scrubber is not None:
+                async for chunk in up.iter_raw(response):
+                    out = scrubber.feed(chunk)
+                    if out:
+                        await emit(out)
+                    if meter is not None:
+                        meter.feed(chunk)
+            elif frame_filter is None:
                 async for chunk in up.iter_raw(response):
                     await emit(chunk)  # the tee: forward first ...
                     if meter is not None:
@@ -251,7 +265,11 @@ async def relay(state: ProxyState, ex: Exchange, response: httpx.Response, recei
         except UpstreamError as exc:
             failure = exc
             ex.outcome = "timeout" if isinstance(exc, UpstreamTimeout) else "upstream_error"
-        if frame_filter is not None:
+        if scrubber is not None:
+            tail = scrubber.close()
+            if tail:
+                await emit(tail)
+        if frame_filter is not None and scrubber is None:
             tail = frame_filter.close()  # an unfinished frame is still the client's: every byte goes out
             if tail:
                 await emit(tail)
