@@ -19,10 +19,11 @@ accepted. Nothing in `forward.py` changes. Order in `DIALECTS` matters only wher
 from __future__ import annotations
 
 from proxy.errors import NotFound, ProxyError
-from proxy.providers import openai
+from proxy.providers import anthropic, openai
 from proxy.providers.base import Dialect, Incoming, Route
 
 DIALECTS: dict[str, Dialect] = {
+    anthropic.DIALECT.name: anthropic.DIALECT,
     openai.DIALECT.name: openai.DIALECT,
 }
 # The dialect whose error format answers requests no dialect recognizes.

@@ -103,7 +103,9 @@ _decode_chunk = msgspec.json.Decoder(_ChunkView).decode
 _decode_response_event = msgspec.json.Decoder(_ResponseEventView).decode
 _decode_body = msgspec.json.Decoder(_BodyView).decode
 
-DecodeErrors = (msgspec.DecodeError, msgspec.ValidationError)
+# What reading a usage object can raise: msgspec's errors (ValueErrors), a UnicodeDecodeError (also a ValueError)
+# on invalid UTF-8 in a string it reads, and RecursionError on JSON nested deeper than the decoder's stack.
+DecodeErrors = (ValueError, RecursionError)
 
 
 def _present(raw: msgspec.Raw) -> bool:
@@ -145,8 +147,11 @@ def usage_from_body(endpoint: str, body: bytes) -> Usage | None:
     the caller can tell "unparsed" from "missing"; `body_usage` is the same, never raising."""
     if _USAGE_MARKER not in body:
         return None
-    view = _decode_body(body)
-    return normalize(view.usage) if _present(view.usage) else None
+    try:
+        view = _decode_body(body)
+        return normalize(view.usage) if _present(view.usage) else None
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
 
 
 def body_usage(endpoint: str, body: bytes) -> tuple[Usage | None, UsageStatus]:
