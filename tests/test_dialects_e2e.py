@@ -66,7 +66,9 @@ def tls_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str, str]:
 
 
 @pytest.fixture
-def tls_stack(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch, tls_files: tuple[str, str, str]) -> Iterator[Stack]:
+def tls_stack(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch, tls_files: tuple[str, str, str]
+) -> Iterator[Stack]:
     monkeypatch.setenv(UPSTREAM_KEY_ENV, UPSTREAM_SECRET)
     # boto3 sends AWS_BEARER_TOKEN_BEDROCK as `Authorization: Bearer` (to https endpoints only): the teeproxy key.
     monkeypatch.setenv("AWS_BEARER_TOKEN_BEDROCK", CLIENT_KEY)
@@ -145,9 +147,10 @@ def assert_record(record: Any, figures: dict[str, int], dialect: str, model: str
 
 def assert_trailers(trailers: dict[bytes, bytes], figures: dict[str, int]) -> None:
     for name, value in figures.items():
-        assert trailers[b"x-teeproxy-" + name.replace("_tokens", "-tokens").replace("_", "-").encode()] == str(
-            value
-        ).encode()
+        assert (
+            trailers[b"x-teeproxy-" + name.replace("_tokens", "-tokens").replace("_", "-").encode()]
+            == str(value).encode()
+        )
     assert trailers[b"x-teeproxy-usage"] == b"reported"
 
 
@@ -356,7 +359,8 @@ def test_gemini_sdk_streams_through_and_is_metered_exactly(
     model = capture_model_gemini(body)
     stack.upstream.script = Script(body=body, chunk_sizes=[113, 7, 4096])
     texts = []
-    for chunk in gemini_client(stack).models.generate_content_stream(model=model, contents="hi"):
+    client = gemini_client(stack)  # kept: a google-genai Client closes its HTTP client when collected
+    for chunk in client.models.generate_content_stream(model=model, contents="hi"):
         for candidate in chunk.candidates or []:
             for part in (candidate.content.parts if candidate.content else None) or []:
                 if part.text is not None:
@@ -365,7 +369,7 @@ def test_gemini_sdk_streams_through_and_is_metered_exactly(
     [record] = stack.records()
     assert_record(record, normalized(row), "gemini", model)
     [seen] = stack.upstream.requests
-    assert seen.path == f"/v1beta/models/{model}:streamGenerateContent"
+    assert seen.path == f"/v1/models/{model}:streamGenerateContent"  # google-genai's default API version
     assert "alt=sse" in seen.target and "key=" not in seen.target
     assert seen.header(b"x-goog-api-key") == UPSTREAM_SECRET.encode()
 
@@ -415,10 +419,17 @@ def test_gemini_non_streaming(stack: Stack) -> None:
         "modelVersion": "gemini-2.5-flash",
     }
     stack.upstream.script = Script(body=json.dumps(reply).encode(), content_type=b"application/json")
-    result = gemini_client(stack).models.generate_content(model="gemini-2.5-flash", contents="capital of France?")
+    client = gemini_client(stack)
+    result = client.models.generate_content(model="gemini-2.5-flash", contents="capital of France?")
     assert result.text == "Paris."
     [record] = stack.records()
-    figures = {"input_tokens": 40, "output_tokens": 15, "cached_tokens": 32, "cache_write_tokens": 0, "reasoning_tokens": 12}
+    figures = {
+        "input_tokens": 40,
+        "output_tokens": 15,
+        "cached_tokens": 32,
+        "cache_write_tokens": 0,
+        "reasoning_tokens": 12,
+    }
     assert_record(record, figures, "gemini", "gemini-2.5-flash")
 
 
@@ -517,12 +528,19 @@ def test_boto3_invoke_model_with_response_stream(tls_stack: Stack, tls_files: tu
     tls_stack.upstream.script = Script(body=body, content_type=EVENTSTREAM, chunk_sizes=[40])
     client = bedrock_client(tls_stack, tls_files[2])
     reply = client.invoke_model_with_response_stream(
-        modelId=BEDROCK_MODEL, body=json.dumps({"anthropic_version": "bedrock-2023-05-31", "max_tokens": 20, "messages": []})
+        modelId=BEDROCK_MODEL,
+        body=json.dumps({"anthropic_version": "bedrock-2023-05-31", "max_tokens": 20, "messages": []}),
     )
     seen_events = [json.loads(part["chunk"]["bytes"]) for part in reply["body"]]
     assert seen_events == events
     [record] = tls_stack.records()
-    figures = {"input_tokens": 25, "output_tokens": 4, "cached_tokens": 0, "cache_write_tokens": 0, "reasoning_tokens": 0}
+    figures = {
+        "input_tokens": 25,
+        "output_tokens": 4,
+        "cached_tokens": 0,
+        "cache_write_tokens": 0,
+        "reasoning_tokens": 0,
+    }
     assert_record(record, figures, "bedrock", BEDROCK_MODEL)
 
 
@@ -567,7 +585,10 @@ def test_bedrock_arn_model_id_is_routed_and_re_encoded(tls_stack: Stack, tls_fil
     client = bedrock_client(tls_stack, tls_files[2])
     client.converse(modelId=arn, messages=[{"role": "user", "content": [{"text": "hi"}]}])
     [seen] = tls_stack.upstream.requests
-    assert seen.path == "/model/arn%3Aaws%3Abedrock%3Aus-east-1%3A123456789012%3Ainference-profile%2Fus.anthropic.claude-3-5-sonnet-20240620-v1%3A0/converse"
+    assert (
+        seen.path
+        == "/model/arn%3Aaws%3Abedrock%3Aus-east-1%3A123456789012%3Ainference-profile%2Fus.anthropic.claude-3-5-sonnet-20240620-v1%3A0/converse"
+    )
     [record] = tls_stack.records()
     assert record.model == arn
 
@@ -580,7 +601,10 @@ def test_anthropic_errors_are_anthropic_shaped_and_sdk_raises(stack: Stack) -> N
     with anthropic.Anthropic(base_url=stack.url, api_key="tp-wrong", max_retries=0) as client:
         with pytest.raises(anthropic.AuthenticationError) as denied:
             client.messages.create(model="claude-sonnet-4-20250514", **args)
-    assert denied.value.body == {"type": "error", "error": {"type": "authentication_error", "message": "Incorrect API key provided."}}
+    assert denied.value.body == {
+        "type": "error",
+        "error": {"type": "authentication_error", "message": "Incorrect API key provided."},
+    }
     with anthropic.Anthropic(base_url=stack.url, api_key=CLIENT_KEY, max_retries=0) as client:
         with pytest.raises(anthropic.NotFoundError) as missing:
             client.messages.create(model="gpt-4o-mini", **args)  # an OpenAI route: no translation between dialects
@@ -592,15 +616,17 @@ def test_anthropic_errors_are_anthropic_shaped_and_sdk_raises(stack: Stack) -> N
 
 
 def test_gemini_errors_are_google_shaped_and_sdk_raises(stack: Stack) -> None:
+    wrong = genai.Client(api_key="tp-wrong", http_options={"base_url": stack.url})
     with pytest.raises(genai_errors.ClientError) as denied:
-        genai.Client(api_key="tp-wrong", http_options={"base_url": stack.url}).models.generate_content(
-            model="gemini-2.5-flash", contents="hi"
-        )
+        wrong.models.generate_content(model="gemini-2.5-flash", contents="hi")
     assert denied.value.code == 401 and denied.value.status == "UNAUTHENTICATED"
+    client = gemini_client(stack)
     with pytest.raises(genai_errors.ClientError) as missing:
-        gemini_client(stack).models.generate_content(model="gemini-no/../secret", contents="hi")
+        client.models.generate_content(model="gemini-no/../secret", contents="hi")
     assert missing.value.code in (400, 404)
-    response, data, _ = raw_exchange(stack, "/v1beta/models/claude-x:generateContent", b"{}", [("x-goog-api-key", CLIENT_KEY)])
+    response, data, _ = raw_exchange(
+        stack, "/v1beta/models/claude-x:generateContent", b"{}", [("x-goog-api-key", CLIENT_KEY)]
+    )
     assert response.status_code == 404
     assert json.loads(data)["error"]["status"] == "NOT_FOUND"
     assert stack.upstream.requests == []
@@ -627,7 +653,10 @@ def test_mid_stream_upstream_failure_makes_each_sdk_raise(
     anthropic_body = (shared_fixtures / "anthropic/messages_tool_use.sse").read_bytes()
     stack.upstream.script = Script(body=anthropic_body, chunk_sizes=[300], cut_after=600)
     with anthropic.Anthropic(
-        base_url=stack.url, api_key=CLIENT_KEY, max_retries=0, http_client=anthropic.DefaultHttpxClient(verify=tls_files[2])
+        base_url=stack.url,
+        api_key=CLIENT_KEY,
+        max_retries=0,
+        http_client=anthropic.DefaultHttpxClient(verify=tls_files[2]),
     ) as client:
         with pytest.raises(anthropic.APIStatusError):
             list(client.messages.create(model="claude-sonnet-4-20250514", max_tokens=8, messages=[], stream=True))
@@ -657,8 +686,16 @@ class _EchoAuth:
     """An upstream that answers 401 and echoes every credential header it got, as some do."""
 
     def __call__(self, request: Any) -> Script:
-        echoed = {k.decode(): v.decode() for k, v in request.headers if k in (b"authorization", b"x-api-key", b"x-goog-api-key")}
-        return Script(body=json.dumps({"error": {"message": f"bad key {echoed}"}}).encode(), status=401, content_type=b"application/json")
+        echoed = {
+            k.decode(): v.decode()
+            for k, v in request.headers
+            if k in (b"authorization", b"x-api-key", b"x-goog-api-key")
+        }
+        return Script(
+            body=json.dumps({"error": {"message": f"bad key {echoed}"}}).encode(),
+            status=401,
+            content_type=b"application/json",
+        )
 
 
 def test_upstream_key_reaches_no_client_log_or_ledger(
@@ -668,10 +705,34 @@ def test_upstream_key_reaches_no_client_log_or_ledger(
     caplog.set_level(logging.DEBUG)
     seen: list[bytes] = []
     cases = [
-        ("/v1/messages", [("x-api-key", CLIENT_KEY)], "anthropic/messages_basic.sse", SSE, b'{"model":"claude-x","stream":true}'),
-        ("/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse", [("x-goog-api-key", CLIENT_KEY)], "gemini/stream_basic.sse", SSE, b"{}"),
-        (f"/model/{BEDROCK_MODEL}/converse-stream", [("authorization", f"Bearer {CLIENT_KEY}")], "bedrock/converse_stream_basic.bin", EVENTSTREAM, b"{}"),
-        ("/v1/chat/completions", [("authorization", f"Bearer {CLIENT_KEY}")], "openai/chat_usage_basic.sse", SSE, b'{"model":"gpt-4o","stream":true}'),
+        (
+            "/v1/messages",
+            [("x-api-key", CLIENT_KEY)],
+            "anthropic/messages_basic.sse",
+            SSE,
+            b'{"model":"claude-x","stream":true}',
+        ),
+        (
+            "/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse",
+            [("x-goog-api-key", CLIENT_KEY)],
+            "gemini/stream_basic.sse",
+            SSE,
+            b"{}",
+        ),
+        (
+            f"/model/{BEDROCK_MODEL}/converse-stream",
+            [("authorization", f"Bearer {CLIENT_KEY}")],
+            "bedrock/converse_stream_basic.bin",
+            EVENTSTREAM,
+            b"{}",
+        ),
+        (
+            "/v1/chat/completions",
+            [("authorization", f"Bearer {CLIENT_KEY}")],
+            "openai/chat_usage_basic.sse",
+            SSE,
+            b'{"model":"gpt-4o","stream":true}',
+        ),
     ]
     for target, headers, capture, content_type, body in cases:
         stack.upstream.script = Script(body=(shared_fixtures / capture).read_bytes(), content_type=content_type)

@@ -13,17 +13,19 @@ stream and body meters (sans-I/O), the frame filter, and its errors before and a
 Adding a dialect: write `proxy/providers/NAME.py` with `DIALECT = NameDialect()` implementing `Dialect`, add
 it to `DIALECTS` below, and add NAME to `proxy.config.Dialect` so `[[providers]] dialect = "NAME"` is
 accepted. Nothing in `forward.py` changes. Order in `DIALECTS` matters only where two dialects share a path
-(`GET /v1/models`: Anthropic's answers when the request carries `anthropic-version`, so it comes first).
+(`GET /v1/models`: Anthropic's answers when the request carries `anthropic-version`, Gemini's when it carries a
+Google key, so both come before OpenAI's).
 """
 
 from __future__ import annotations
 
 from proxy.errors import NotFound, ProxyError
-from proxy.providers import anthropic, openai
+from proxy.providers import anthropic, gemini, openai
 from proxy.providers.base import Dialect, Incoming, Route
 
 DIALECTS: dict[str, Dialect] = {
     anthropic.DIALECT.name: anthropic.DIALECT,
+    gemini.DIALECT.name: gemini.DIALECT,
     openai.DIALECT.name: openai.DIALECT,
 }
 # The dialect whose error format answers requests no dialect recognizes.
