@@ -622,13 +622,13 @@ def test_gemini_errors_are_google_shaped_and_sdk_raises(stack: Stack) -> None:
     assert denied.value.code == 401 and denied.value.status == "UNAUTHENTICATED"
     client = gemini_client(stack)
     with pytest.raises(genai_errors.ClientError) as missing:
-        client.models.generate_content(model="gemini-no/../secret", contents="hi")
-    assert missing.value.code in (400, 404)
+        client.models.generate_content(model="claude-sonnet-4", contents="hi")  # not a Gemini route
+    assert missing.value.code == 404 and missing.value.status == "NOT_FOUND"
     response, data, _ = raw_exchange(
-        stack, "/v1beta/models/claude-x:generateContent", b"{}", [("x-goog-api-key", CLIENT_KEY)]
+        stack, "/v1beta/models/gemini%0d%0aX:generateContent", b"{}", [("x-goog-api-key", CLIENT_KEY)]
     )
-    assert response.status_code == 404
-    assert json.loads(data)["error"]["status"] == "NOT_FOUND"
+    assert response.status_code == 400
+    assert json.loads(data)["error"]["status"] == "INVALID_ARGUMENT"
     assert stack.upstream.requests == []
 
 
