@@ -28,7 +28,9 @@ a parse failure: what was read stands, as in the other SSE dialects.
 
 Errors are google.rpc.Status JSON, `{"error":{"code","message","status"}}`. In an SSE stream the error is one
 more `data:` event (google-genai raises it as an APIError); in a JSON array, one more element and the closing
-bracket. A JSON array cannot carry the inline usage comment, so only the SSE form gets a frame filter.
+bracket. Neither form carries the inline usage comment: a JSON array has no comments, and google-genai reads
+every SSE line that does not start with `data: ` as raw JSON, so a comment line would make it raise. Gemini's
+bill travels in the trailers and the ledger only.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ import msgspec
 from proxy.errors import BadRequest, MethodNotAllowed, ProxyError
 from proxy.parsers.jsonarray import JSONArrayParser
 from proxy.parsers.sse import FrameError, SSEParser
-from proxy.providers.base import FrameFilter, Headers, Incoming, Outgoing, Route, StreamMeter, TailComment, Upstream
+from proxy.providers.base import FrameFilter, Headers, Incoming, Outgoing, Route, StreamMeter, Upstream
 from proxy.usage import Usage, UsageStatus
 
 if TYPE_CHECKING:
@@ -341,9 +343,7 @@ class GeminiDialect:
     def frame_filter(
         self, route: Route, meter: StreamMeter, strip_usage_frame: bool, comment: Callable[[], bytes] | None
     ) -> FrameFilter | None:
-        if route.kind == KIND_STREAM_SSE and comment is not None:
-            return TailComment(meter, comment)
-        return None
+        return None  # no inline comment: google-genai raises on SSE comment lines (see the module docstring)
 
     def error_response(self, exc: ProxyError) -> tuple[int, Headers, bytes]:
         return exc.status, list(_JSON), error_body(exc)
