@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import gc
 import json
 import logging
 import pathlib
 import socket
 import ssl
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from decimal import Decimal
 from typing import Any
 
@@ -436,8 +437,25 @@ def test_gemini_non_streaming(stack: Stack) -> None:
 # --- Bedrock (boto3 over TLS, bearer token) -----------------------------------------------------------------------
 
 
-def bedrock_client(stack: Stack, ca: str) -> Any:
-    return boto3.client("bedrock-runtime", endpoint_url=stack.url, region_name="us-east-1", verify=ca)
+@pytest.fixture
+def bedrock(tls_stack: Stack, tls_files: tuple[str, str, str]) -> Iterator[Callable[[], Any]]:
+    """boto3 bedrock-runtime clients for the TLS proxy, closed before the proxy shuts down (a client keeps its
+    TLS connections open otherwise, and hypercorn's graceful shutdown waits on them)."""
+    clients: list[Any] = []
+
+    def make() -> Any:
+        client = boto3.client(
+            "bedrock-runtime", endpoint_url=tls_stack.url, region_name="us-east-1", verify=tls_files[2]
+        )
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        client.close()
+    # A response that botocore raised from stays checked out of the pool, held by the exception's traceback
+    # (a reference cycle): collect it, so its socket closes before hypercorn waits on it at shutdown.
+    gc.collect()
 
 
 def capture_text_bedrock(body: bytes) -> str:
@@ -451,17 +469,21 @@ def capture_text_bedrock(body: bytes) -> str:
 
 @pytest.mark.parametrize("row", BEDROCK_ROWS, ids=[row["file"] for row in BEDROCK_ROWS])
 def test_boto3_converse_stream_through_and_metered_exactly(
-    tls_stack: Stack, tls_files: tuple[str, str, str], shared_fixtures: pathlib.Path, row: dict[str, Any]
+    tls_stack: Stack,
+    tls_files: tuple[str, str, str],
+    shared_fixtures: pathlib.Path,
+    row: dict[str, Any],
+    bedrock: Callable[[], Any],
 ) -> None:
     body = (shared_fixtures / row["file"]).read_bytes()
     tls_stack.upstream.script = Script(body=body, content_type=EVENTSTREAM, chunk_sizes=[113, 7, 4096])
-    client = bedrock_client(tls_stack, tls_files[2])
+    client = bedrock()
     reply = client.converse_stream(modelId=BEDROCK_MODEL, messages=[{"role": "user", "content": [{"text": "hi"}]}])
     texts = []
     if row["expected"]["status"] == "error":
         with pytest.raises(botocore.exceptions.EventStreamError, match="modelStreamErrorException"):
-            for event in reply["stream"]:
-                pass
+            list(reply["stream"])
+        reply["stream"].close()  # botocore leaves the connection checked out after raising
         [record] = tls_stack.records()
         assert (record.usage_status, record.input_tokens, record.output_tokens) == ("missing", 0, 0)
         return
@@ -497,7 +519,9 @@ def anthropic_chunk(event: dict[str, Any]) -> bytes:
     return event_frame("chunk", json.dumps({"bytes": base64.b64encode(json.dumps(event).encode()).decode()}).encode())
 
 
-def test_boto3_invoke_model_with_response_stream(tls_stack: Stack, tls_files: tuple[str, str, str]) -> None:
+def test_boto3_invoke_model_with_response_stream(
+    tls_stack: Stack, tls_files: tuple[str, str, str], bedrock: Callable[[], Any]
+) -> None:
     events = [
         {
             "type": "message_start",
@@ -526,7 +550,7 @@ def test_boto3_invoke_model_with_response_stream(tls_stack: Stack, tls_files: tu
     ]
     body = b"".join(anthropic_chunk(event) for event in events)
     tls_stack.upstream.script = Script(body=body, content_type=EVENTSTREAM, chunk_sizes=[40])
-    client = bedrock_client(tls_stack, tls_files[2])
+    client = bedrock()
     reply = client.invoke_model_with_response_stream(
         modelId=BEDROCK_MODEL,
         body=json.dumps({"anthropic_version": "bedrock-2023-05-31", "max_tokens": 20, "messages": []}),
@@ -544,7 +568,9 @@ def test_boto3_invoke_model_with_response_stream(tls_stack: Stack, tls_files: tu
     assert_record(record, figures, "bedrock", BEDROCK_MODEL)
 
 
-def test_boto3_converse_and_invoke_non_streaming(tls_stack: Stack, tls_files: tuple[str, str, str]) -> None:
+def test_boto3_converse_and_invoke_non_streaming(
+    tls_stack: Stack, tls_files: tuple[str, str, str], bedrock: Callable[[], Any]
+) -> None:
     converse = {
         "output": {"message": {"role": "assistant", "content": [{"text": "Hello"}]}},
         "stopReason": "end_turn",
@@ -563,7 +589,7 @@ def test_boto3_converse_and_invoke_non_streaming(tls_stack: Stack, tls_files: tu
         ]
     )
     tls_stack.upstream.script = lambda request: next(scripts)
-    client = bedrock_client(tls_stack, tls_files[2])
+    client = bedrock()
     said = client.converse(modelId=BEDROCK_MODEL, messages=[{"role": "user", "content": [{"text": "hi"}]}])
     assert said["output"]["message"]["content"][0]["text"] == "Hello"
     invoked = client.invoke_model(modelId=BEDROCK_MODEL, body=b"{}")
@@ -578,11 +604,13 @@ def test_boto3_converse_and_invoke_non_streaming(tls_stack: Stack, tls_files: tu
     assert (second.endpoint, second.input_tokens, second.output_tokens) == (f"/model/{BEDROCK_MODEL}/invoke", 31, 5)
 
 
-def test_bedrock_arn_model_id_is_routed_and_re_encoded(tls_stack: Stack, tls_files: tuple[str, str, str]) -> None:
+def test_bedrock_arn_model_id_is_routed_and_re_encoded(
+    tls_stack: Stack, tls_files: tuple[str, str, str], bedrock: Callable[[], Any]
+) -> None:
     arn = "arn:aws:bedrock:us-east-1:123456789012:inference-profile/us.anthropic.claude-3-5-sonnet-20240620-v1:0"
     converse = {"output": {"message": {"role": "assistant", "content": [{"text": "ok"}]}}, "usage": {}}
     tls_stack.upstream.script = Script(body=json.dumps(converse).encode(), content_type=b"application/json")
-    client = bedrock_client(tls_stack, tls_files[2])
+    client = bedrock()
     client.converse(modelId=arn, messages=[{"role": "user", "content": [{"text": "hi"}]}])
     [seen] = tls_stack.upstream.requests
     assert (
@@ -633,21 +661,21 @@ def test_gemini_errors_are_google_shaped_and_sdk_raises(stack: Stack) -> None:
 
 
 def test_bedrock_errors_are_aws_shaped_and_boto3_raises(
-    tls_stack: Stack, tls_files: tuple[str, str, str], monkeypatch: pytest.MonkeyPatch
+    tls_stack: Stack, tls_files: tuple[str, str, str], monkeypatch: pytest.MonkeyPatch, bedrock: Callable[[], Any]
 ) -> None:
-    client = bedrock_client(tls_stack, tls_files[2])
+    client = bedrock()
     with pytest.raises(botocore.exceptions.ClientError) as missing:
         client.converse(modelId="gpt-4o-mini", messages=[{"role": "user", "content": [{"text": "hi"}]}])
     assert missing.value.response["Error"]["Code"] == "ResourceNotFoundException"
     monkeypatch.setenv("AWS_BEARER_TOKEN_BEDROCK", "tp-wrong")
     with pytest.raises(botocore.exceptions.ClientError) as denied:
-        bedrock_client(tls_stack, tls_files[2]).converse(modelId=BEDROCK_MODEL, messages=[])
+        bedrock().converse(modelId=BEDROCK_MODEL, messages=[])
     assert denied.value.response["Error"]["Code"] == "AccessDeniedException"
     assert tls_stack.upstream.requests == []
 
 
 def test_mid_stream_upstream_failure_makes_each_sdk_raise(
-    tls_stack: Stack, tls_files: tuple[str, str, str], shared_fixtures: pathlib.Path
+    tls_stack: Stack, tls_files: tuple[str, str, str], shared_fixtures: pathlib.Path, bedrock: Callable[[], Any]
 ) -> None:
     stack = tls_stack
     anthropic_body = (shared_fixtures / "anthropic/messages_tool_use.sse").read_bytes()
@@ -656,7 +684,7 @@ def test_mid_stream_upstream_failure_makes_each_sdk_raise(
         base_url=stack.url,
         api_key=CLIENT_KEY,
         max_retries=0,
-        http_client=anthropic.DefaultHttpxClient(verify=tls_files[2]),
+        http_client=anthropic.DefaultHttpxClient(verify=ssl.create_default_context(cafile=tls_files[2])),
     ) as client:
         with pytest.raises(anthropic.APIStatusError):
             list(client.messages.create(model="claude-sonnet-4-20250514", max_tokens=8, messages=[], stream=True))
@@ -664,14 +692,14 @@ def test_mid_stream_upstream_failure_makes_each_sdk_raise(
     gemini_body = (shared_fixtures / "gemini/stream_thinking.sse").read_bytes()
     stack.upstream.script = Script(body=gemini_body, chunk_sizes=[500], cut_after=1500)
     client_g = genai.Client(
-        api_key=CLIENT_KEY, http_options={"base_url": stack.url, "client_args": {"verify": tls_files[2]}}
+        api_key=CLIENT_KEY, http_options={"base_url": stack.url, "client_args": {"verify": ssl.create_default_context(cafile=tls_files[2])}}
     )
     with pytest.raises(genai_errors.APIError):
         list(client_g.models.generate_content_stream(model="gemini-2.5-flash", contents="hi"))
 
     bedrock_body = (shared_fixtures / "bedrock/converse_stream_basic.bin").read_bytes()
     stack.upstream.script = Script(body=bedrock_body, content_type=EVENTSTREAM, chunk_sizes=[143], cut_after=1000)
-    reply = bedrock_client(stack, tls_files[2]).converse_stream(modelId=BEDROCK_MODEL, messages=[])
+    reply = bedrock().converse_stream(modelId=BEDROCK_MODEL, messages=[])
     with pytest.raises(botocore.exceptions.EventStreamError):
         list(reply["stream"])
 

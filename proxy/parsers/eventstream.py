@@ -54,36 +54,58 @@ class EventStreamDecoder:
         self._size = 0
         self._need = 0  # total length of the message being collected, once its prelude is known
         self._failed = False
+        self._deferred = False  # failed after returning whole messages; not raised yet
 
     def feed(self, data: bytes) -> list[Message]:
         if self._failed:
+            self._deferred = False
             raise FrameError("the event stream decoder failed earlier")
         if data:
             self._pieces.append(data)
             self._size += len(data)
         messages: list[Message] = []
-        while True:
-            if not self._need:
-                if self._size < PRELUDE_BYTES:
+        try:
+            return self._collect(messages)
+        except FrameError:
+            if not messages:
+                raise
+            self._deferred = True  # deliver what was whole; the next feed() or close() raises
+            return messages
+
+    def _collect(self, messages: list[Message]) -> list[Message]:
+        # One join per feed, then a cursor over it: a read holding many messages costs one copy, not one each.
+        if self._size < max(self._need, PRELUDE_BYTES):
+            return messages
+        buf = b"".join(self._pieces) if len(self._pieces) != 1 else self._pieces[0]
+        pos = 0
+        try:
+            while True:
+                if not self._need:
+                    if len(buf) - pos < PRELUDE_BYTES:
+                        return messages
+                    total = struct.unpack_from(">I", buf, pos)[0]
+                    if total < _MIN_MESSAGE_BYTES or total > MAX_MESSAGE_BYTES:
+                        self._fail(f"event stream message length {total} is out of bounds")
+                    if zlib.crc32(buf[pos : pos + 8]) != struct.unpack_from(">I", buf, pos + 8)[0]:
+                        self._fail("event stream prelude checksum mismatch")
+                    self._need = total
+                if len(buf) - pos < self._need:
                     return messages
-                head = self._peek(PRELUDE_BYTES)
-                total = struct.unpack_from(">I", head)[0]
-                if total < _MIN_MESSAGE_BYTES or total > MAX_MESSAGE_BYTES:
-                    self._fail(f"event stream message length {total} is out of bounds")
-                if zlib.crc32(head[:8]) != struct.unpack_from(">I", head, 8)[0]:
-                    self._fail("event stream prelude checksum mismatch")
-                self._need = total
-            if self._size < self._need:
-                return messages
-            buf = b"".join(self._pieces)
-            message, rest = buf[: self._need], buf[self._need :]
-            self._pieces = [rest] if rest else []
-            self._size = len(rest)
-            self._need = 0
-            messages.append(self._decode(message))
+                end = pos + self._need
+                self._need = 0
+                messages.append(self._decode(buf[pos:end]))
+                pos = end
+        finally:
+            if not self._failed:
+                rest = buf[pos:] if pos else buf
+                self._pieces = [rest] if rest else []
+                self._size = len(rest)
 
     def close(self) -> list[Message]:
         """End of stream: bytes of an unfinished message are a truncated stream."""
+        if self._deferred:
+            self._deferred = False
+            raise FrameError("the event stream decoder failed earlier")
         if self._size and not self._failed:
             self._fail(f"event stream ended inside a message ({self._size} bytes left over)")
         return []
@@ -92,17 +114,12 @@ class EventStreamDecoder:
     def at_boundary(self) -> bool:
         return self._size == 0
 
-    def _peek(self, n: int) -> bytes:
-        if len(self._pieces[0]) < n:
-            self._pieces = [b"".join(self._pieces)]
-        return self._pieces[0][:n]
-
     def _decode(self, message: bytes) -> Message:
         buffer = _botocore.EventStreamBuffer()
         buffer.add_data(message)
         try:
             decoded = buffer.next()
-        except (_botocore.ParserError, StopIteration, ValueError, struct.error, UnicodeDecodeError) as exc:
+        except (_botocore.ParserError, StopIteration, ValueError, struct.error, UnicodeDecodeError, KeyError) as exc:
             self._fail(f"corrupt event stream message: {type(exc).__name__}")
         return Message(headers=dict(decoded.headers), payload=bytes(decoded.payload))
 

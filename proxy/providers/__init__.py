@@ -20,12 +20,13 @@ Google key, so both come before OpenAI's).
 from __future__ import annotations
 
 from proxy.errors import NotFound, ProxyError
-from proxy.providers import anthropic, gemini, openai
+from proxy.providers import anthropic, bedrock, gemini, openai
 from proxy.providers.base import Dialect, Incoming, Route
 
 DIALECTS: dict[str, Dialect] = {
     anthropic.DIALECT.name: anthropic.DIALECT,
     gemini.DIALECT.name: gemini.DIALECT,
+    bedrock.DIALECT.name: bedrock.DIALECT,
     openai.DIALECT.name: openai.DIALECT,
 }
 # The dialect whose error format answers requests no dialect recognizes.
