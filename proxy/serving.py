@@ -33,7 +33,9 @@ def install_http11_trailers() -> bool:
     return True
 
 
-def hypercorn_config(bind: str, workers: int, certfile: str | None = None, keyfile: str | None = None) -> HypercornConfig:
+def hypercorn_config(
+    bind: str, workers: int, certfile: str | None = None, keyfile: str | None = None
+) -> HypercornConfig:
     config = HypercornConfig()
     config.bind = [bind]
     if certfile is not None and keyfile is not None:

@@ -458,6 +458,16 @@ def bedrock(tls_stack: Stack, tls_files: tuple[str, str, str]) -> Iterator[Calla
     gc.collect()
 
 
+def split_messages(body: bytes) -> list[bytes]:
+    """An event stream cut into its messages by their length prefixes."""
+    out, pos = [], 0
+    while pos < len(body):
+        size = int.from_bytes(body[pos : pos + 4], "big")
+        out.append(body[pos : pos + size])
+        pos += size
+    return out
+
+
 def capture_text_bedrock(body: bytes) -> str:
     texts = []
     for message in EventStreamDecoder().feed(body):
@@ -613,9 +623,9 @@ def test_bedrock_arn_model_id_is_routed_and_re_encoded(
     client = bedrock()
     client.converse(modelId=arn, messages=[{"role": "user", "content": [{"text": "hi"}]}])
     [seen] = tls_stack.upstream.requests
-    assert (
-        seen.path
-        == "/model/arn%3Aaws%3Abedrock%3Aus-east-1%3A123456789012%3Ainference-profile%2Fus.anthropic.claude-3-5-sonnet-20240620-v1%3A0/converse"
+    assert seen.path == (
+        "/model/arn%3Aaws%3Abedrock%3Aus-east-1%3A123456789012%3Ainference-profile"
+        "%2Fus.anthropic.claude-3-5-sonnet-20240620-v1%3A0/converse"
     )
     [record] = tls_stack.records()
     assert record.model == arn
@@ -678,30 +688,32 @@ def test_mid_stream_upstream_failure_makes_each_sdk_raise(
     tls_stack: Stack, tls_files: tuple[str, str, str], shared_fixtures: pathlib.Path, bedrock: Callable[[], Any]
 ) -> None:
     stack = tls_stack
+    verify = ssl.create_default_context(cafile=tls_files[2])
+    # Each upstream stops at a frame boundary after a few frames: the client has whole events so far, then the
+    # proxy's in-stream error event in the dialect's own form, and each SDK raises on it.
     anthropic_body = (shared_fixtures / "anthropic/messages_tool_use.sse").read_bytes()
-    stack.upstream.script = Script(body=anthropic_body, chunk_sizes=[300], cut_after=600)
+    cut = anthropic_body.index(b"\n\n", 600) + 2
+    stack.upstream.script = Script(body=anthropic_body, chunk_sizes=[cut], cut_after=cut)
     with anthropic.Anthropic(
-        base_url=stack.url,
-        api_key=CLIENT_KEY,
-        max_retries=0,
-        http_client=anthropic.DefaultHttpxClient(verify=ssl.create_default_context(cafile=tls_files[2])),
+        base_url=stack.url, api_key=CLIENT_KEY, max_retries=0, http_client=anthropic.DefaultHttpxClient(verify=verify)
     ) as client:
-        with pytest.raises(anthropic.APIStatusError):
+        with pytest.raises(anthropic.APIStatusError, match="upstream"):
             list(client.messages.create(model="claude-sonnet-4-20250514", max_tokens=8, messages=[], stream=True))
 
     gemini_body = (shared_fixtures / "gemini/stream_thinking.sse").read_bytes()
-    stack.upstream.script = Script(body=gemini_body, chunk_sizes=[500], cut_after=1500)
-    client_g = genai.Client(
-        api_key=CLIENT_KEY, http_options={"base_url": stack.url, "client_args": {"verify": ssl.create_default_context(cafile=tls_files[2])}}
-    )
+    cut = gemini_body.index(b"\r\n\r\n", 1500) + 4
+    stack.upstream.script = Script(body=gemini_body, chunk_sizes=[cut], cut_after=cut)
+    client_g = genai.Client(api_key=CLIENT_KEY, http_options={"base_url": stack.url, "client_args": {"verify": verify}})
     with pytest.raises(genai_errors.APIError):
         list(client_g.models.generate_content_stream(model="gemini-2.5-flash", contents="hi"))
 
     bedrock_body = (shared_fixtures / "bedrock/converse_stream_basic.bin").read_bytes()
-    stack.upstream.script = Script(body=bedrock_body, content_type=EVENTSTREAM, chunk_sizes=[143], cut_after=1000)
+    cut = sum(len(m) for m in split_messages(bedrock_body)[:5])
+    stack.upstream.script = Script(body=bedrock_body, content_type=EVENTSTREAM, chunk_sizes=[cut], cut_after=cut)
     reply = bedrock().converse_stream(modelId=BEDROCK_MODEL, messages=[])
     with pytest.raises(botocore.exceptions.EventStreamError):
         list(reply["stream"])
+    reply["stream"].close()
 
     records = stack.records(at_least=3)
     assert sorted(r.outcome for r in records) == ["upstream_error"] * 3
