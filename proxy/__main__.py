@@ -28,6 +28,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # httpx logs every request at INFO: per-request logging stays off the hot path.
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    if (args.certfile is None) != (args.keyfile is None):
+        raise ConfigError("--certfile and --keyfile go together: give both or neither")
+    if args.certfile is not None:
+        config.server.certfile, config.server.keyfile = os.path.abspath(args.certfile), os.path.abspath(args.keyfile)
     return serve(config, path, bind=args.bind, workers=args.workers)
 
 
@@ -55,6 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", help=f"config file (default: ${CONFIG_ENV}, else config/teeproxy.toml)")
     serve.add_argument("--bind", help="HOST:PORT to listen on (overrides [server] bind)")
     serve.add_argument("--workers", type=int, help="worker processes (overrides [server] workers)")
+    serve.add_argument("--certfile", help="serve TLS with this PEM certificate (overrides [server] certfile)")
+    serve.add_argument("--keyfile", help="the certificate's PEM private key (overrides [server] keyfile)")
     serve.set_defaults(func=cmd_serve)
 
     keys = sub.add_parser("keys", help="client keys")
