@@ -263,7 +263,7 @@ def test_readme_anthropic_curl_works_as_written(serve_process: Served) -> None:
 def test_readme_tls_example_works_as_written(tmp_path: pathlib.Path) -> None:
     """The README's TLS set-up as a user pastes it: openssl makes a certificate, teeproxy serves TLS with it, and
     boto3 with AWS_BEARER_TOKEN_BEDROCK (sent only to https) gets the demo's answer."""
-    commands = [c for c in readme_examples()[0] if "openssl req" in c or "--certfile" in c]
+    commands = [c for c in readme_examples()[0] if c.startswith(("mkdir -p certs", ".venv/bin/teeproxy serve"))]
     assert len(commands) == 2
     made = subprocess.run(["bash", "-c", commands[0]], cwd=tmp_path, capture_output=True, timeout=60)
     assert made.returncode == 0, made.stderr
