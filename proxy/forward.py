@@ -34,6 +34,7 @@ from proxy.asgi_types import Receive, Scope, Send
 from proxy.errors import BadRequest, PayloadTooLarge, ProxyError, UpstreamError, UpstreamTimeout
 from proxy.ledger import LedgerRecord, utc_iso
 from proxy.metering import Meter, StreamMetering, new_meter, render_inline_comment, usage_figures
+from proxy.observe import Finished, Started
 from proxy.providers import DEFAULT, recognize
 from proxy.providers.base import Dialect, FrameFilter, Incoming, Outgoing, Route, Upstream
 from proxy.scrub import SecretScrubber, scrub_headers
@@ -73,6 +74,10 @@ class Exchange:
     status: int | None = None
     outcome: str = "completed"
     first_byte_at: float | None = None
+    last_byte_at: float | None = None
+    max_gap_s: float | None = None  # the longest wait between two body writes to the client
+    streaming: bool = False
+    attempts: int = 0
     bytes_to_client: int = 0
     meter: Meter | None = None
     extra_headers: h.Headers = field(default_factory=list)
@@ -115,6 +120,8 @@ async def handle(state: ProxyState, scope: Scope, receive: Receive, send: Send) 
         ex.trailers = state.trailers_for(scope)
         outgoing = prepare_request(state, ex, scope, request, body)
         ex.sent_upstream = True
+        ex.attempts = 1
+        _tell_started(state, ex)
         response = await up.open_stream(state.client, outgoing, ex.upstream.provider)
         await relay(state, ex, response, receive, send)
     except ProxyError as exc:
@@ -193,7 +200,7 @@ async def relay(state: ProxyState, ex: Exchange, response: httpx.Response, recei
     dialect, route = ex.dialect, ex.route
     ex.status = response.status_code
     content_type = response.headers.get("content-type", "")
-    streaming = response.status_code < 400 and dialect.is_stream(route, content_type)
+    streaming = ex.streaming = response.status_code < 400 and dialect.is_stream(route, content_type)
     sse = content_type.startswith("text/event-stream")
     meter: Meter | None = None
     if state.metering and route.billable:
@@ -235,8 +242,14 @@ async def relay(state: ProxyState, ex: Exchange, response: httpx.Response, recei
 
     async def emit(data: bytes) -> None:
         nonlocal last_out
+        now = time.perf_counter()
         if ex.first_byte_at is None:
-            ex.first_byte_at = time.perf_counter()
+            ex.first_byte_at = now
+        elif ex.last_byte_at is not None:
+            gap = now - ex.last_byte_at
+            if ex.max_gap_s is None or gap > ex.max_gap_s:
+                ex.max_gap_s = gap
+        ex.last_byte_at = now
         await send({"type": "http.response.body", "body": data, "more_body": True})
         ex.bytes_to_client += len(data)
         last_out = data
@@ -340,30 +353,57 @@ def finish(state: ProxyState, ex: Exchange) -> None:
         usage, usage_status, cost, cost_status = None, "unparsed", None, "unpriced"
     u = usage or Usage()
     now = time.perf_counter()
-    state.ledger.submit(
-        LedgerRecord(
-            request_id=ex.request_id,
-            time=utc_iso(ex.started_wall),
-            key_name=ex.key_name,
-            provider=ex.upstream.provider.name if ex.upstream else None,
-            model=ex.model,
-            endpoint=ex.endpoint_path,
-            outcome=ex.outcome,
-            http_status=ex.status,
-            input_tokens=u.input_tokens,
-            cached_tokens=u.cached_tokens,
-            cache_write_tokens=u.cache_write_tokens,
-            output_tokens=u.output_tokens,
-            reasoning_tokens=u.reasoning_tokens,
-            usage_status=usage_status,
-            cost=format(cost, "f") if cost is not None else None,
-            cost_status=cost_status,
-            raw_usage=u.raw or None,
-            ttfb_ms=(ex.first_byte_at - ex.started_at) * 1000 if ex.first_byte_at is not None else None,
-            duration_ms=(now - ex.started_at) * 1000,
-            bytes_to_client=ex.bytes_to_client,
-        )
+    record = LedgerRecord(
+        request_id=ex.request_id,
+        time=utc_iso(ex.started_wall),
+        key_name=ex.key_name,
+        provider=ex.upstream.provider.name if ex.upstream else None,
+        model=ex.model,
+        endpoint=ex.endpoint_path,
+        outcome=ex.outcome,
+        http_status=ex.status,
+        input_tokens=u.input_tokens,
+        cached_tokens=u.cached_tokens,
+        cache_write_tokens=u.cache_write_tokens,
+        output_tokens=u.output_tokens,
+        reasoning_tokens=u.reasoning_tokens,
+        usage_status=usage_status,
+        cost=format(cost, "f") if cost is not None else None,
+        cost_status=cost_status,
+        raw_usage=u.raw or None,
+        ttfb_ms=(ex.first_byte_at - ex.started_at) * 1000 if ex.first_byte_at is not None else None,
+        duration_ms=(now - ex.started_at) * 1000,
+        bytes_to_client=ex.bytes_to_client,
     )
+    state.ledger.submit(record)
+    if state.observers:
+        finished = Finished(
+            record=record,
+            dialect=ex.dialect.name,
+            attempts=ex.attempts,
+            ttfb_s=ex.first_byte_at - ex.started_at if ex.first_byte_at is not None else None,
+            max_gap_s=ex.max_gap_s,
+            streaming=ex.streaming,
+        )
+        for observer in state.observers:
+            try:
+                observer.request_finished(finished)
+            except Exception:
+                state.log.exception("observer %r failed", observer)
+
+
+def _tell_started(state: ProxyState, ex: Exchange) -> None:
+    if not state.observers:
+        return
+    assert ex.upstream is not None and ex.model is not None
+    started = Started(
+        ex.request_id, ex.key_name, ex.upstream.provider.name, ex.dialect.name, ex.model, ex.endpoint_path
+    )
+    for observer in state.observers:
+        try:
+            observer.request_started(started)
+        except Exception:
+            state.log.exception("observer %r failed", observer)
 
 
 async def _send_json(ex: Exchange, send: Send, status: int, body: bytes, headers: h.Headers | None = None) -> None:

@@ -11,6 +11,7 @@ from proxy import headers as h
 from proxy.asgi_types import Scope
 from proxy.config import Config
 from proxy.ledger import Ledger
+from proxy.observe import Observer
 from proxy.pricing import Pricer
 from proxy.providers.base import Dialect
 from proxy.routing import KeyRing, Router
@@ -27,6 +28,7 @@ class ProxyState:
     # Whether HTTP/1.1 responses can carry trailers (serving.install_http11_trailers succeeded).
     http11_trailers: bool = False
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("teeproxy"))
+    observers: list[Observer] = field(default_factory=list)
     _models_bodies: dict[str, bytes] = field(default_factory=dict)
 
     @property
