@@ -34,6 +34,10 @@ class ServerConfig(_Strict):
     # a Bedrock bearer token only to an https endpoint. Both set, or neither.
     certfile: str | None = None
     keyfile: str | None = None
+    # While an SSE upstream is silent, a keep-alive the client's SDK ignores every this many seconds; 0 is off.
+    keepalive_ping_s: float = 15.0
+    # On SIGTERM, in-flight streams get this long to finish before they are ended with an in-stream error.
+    graceful_timeout_s: float = 30.0
 
 
 class MeteringConfig(_Strict):
@@ -41,8 +45,17 @@ class MeteringConfig(_Strict):
 
 
 class LedgerConfig(_Strict):
+    # SQLite file, relative to the config file; `url` (PostgreSQL) takes precedence when set.
     path: str | None = "teeproxy-ledger.db"
     url: str | None = None
+
+
+class AdminConfig(_Strict):
+    # SHA-256 hex digest of the key for the /admin/ endpoints (`teeproxy keys new --admin` prints one), sent as
+    # `Authorization: Bearer`. Client keys never open /admin/. Unset: /admin/ endpoints refuse every request.
+    key_sha256: str | None = None
+    # Whether GET /metrics needs the admin key too (false: open, for a scraper on a private network).
+    metrics_need_key: bool = False
 
 
 class DemoConfig(_Strict):
@@ -66,11 +79,27 @@ class ProviderConfig(_Strict, kw_only=True):
     pricing_provider: str | None = None
     connect_timeout_s: float = 10.0
     read_timeout_s: float = 600.0
+    # No response head within this long counts as a failed attempt (None: only connect/read timeouts apply).
+    first_byte_timeout_s: float | None = None
 
 
 class RouteConfig(_Strict):
     models: list[str]
     providers: list[str]
+    # Attempts before the first byte (failover, then repeats): default one per provider.
+    max_attempts: int | None = None
+    # Spread first attempts over `providers` by these weights; failover then follows the list.
+    weights: list[int] | None = None
+    # Hold the response head until the first body bytes arrive, so a stream whose first event is an error can
+    # still fail over (adds the time to first token to the time to the head).
+    gate_first_chunk: bool = False
+
+
+class RetryConfig(_Strict):
+    backoff_initial_s: float = 0.2
+    backoff_max_s: float = 5.0
+    # A Retry-After up to this is waited for; a longer one moves to the next provider at once.
+    retry_after_cap_s: float = 10.0
 
 
 class KeyConfig(_Strict):
@@ -85,8 +114,10 @@ class Config(_Strict):
     demo: DemoConfig = msgspec.field(default_factory=DemoConfig)
     providers: list[ProviderConfig] = msgspec.field(default_factory=list)
     routes: list[RouteConfig] = msgspec.field(default_factory=list)
+    retry: RetryConfig = msgspec.field(default_factory=RetryConfig)
     keys: list[KeyConfig] = msgspec.field(default_factory=list)
     prices: dict[str, PriceOverride] = msgspec.field(default_factory=dict)
+    admin: AdminConfig = msgspec.field(default_factory=AdminConfig)
 
 
 def _check(config: Config, source: str) -> None:
@@ -102,16 +133,31 @@ def _check(config: Config, source: str) -> None:
                 raise ConfigError(f"{source}: routes[{i}].providers names unknown provider {name!r}")
         if not route.providers:
             raise ConfigError(f"{source}: routes[{i}].providers is empty")
+        if route.max_attempts is not None and route.max_attempts < 1:
+            raise ConfigError(f"{source}: routes[{i}].max_attempts must be >= 1")
+        if route.weights is not None and (
+            len(route.weights) != len(route.providers) or any(w < 0 for w in route.weights) or not any(route.weights)
+        ):
+            raise ConfigError(f"{source}: routes[{i}].weights needs one non-negative weight per provider, not all 0")
     for key in config.keys:
-        digest = key.sha256.lower()
-        if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+        if not _is_sha256_hex(key.sha256):
             raise ConfigError(f"{source}: keys.{key.name}.sha256 is not a SHA-256 hex digest")
+    admin_digest = config.admin.key_sha256
+    if admin_digest is not None:
+        if not _is_sha256_hex(admin_digest):
+            raise ConfigError(f"{source}: admin.key_sha256 is not a SHA-256 hex digest")
+        if admin_digest.lower() in {key.sha256.lower() for key in config.keys}:
+            raise ConfigError(f"{source}: admin.key_sha256 is also a client key in [[keys]]: give admin its own key")
     if config.server.workers < 1:
         raise ConfigError(f"{source}: server.workers must be >= 1")
     if (config.server.certfile is None) != (config.server.keyfile is None):
         raise ConfigError(f"{source}: server.certfile and server.keyfile go together: set both or neither")
     if config.server.max_body_bytes < 1:
         raise ConfigError(f"{source}: server.max_body_bytes must be >= 1")
+
+
+def _is_sha256_hex(digest: str) -> bool:
+    return len(digest) == 64 and all(c in "0123456789abcdef" for c in digest.lower())
 
 
 def parse_config(text: str | bytes, source: str = "<config>") -> Config:
@@ -143,4 +189,6 @@ def _relative_to(config: Config, directory: pathlib.Path) -> Config:
     if server.certfile is not None and server.keyfile is not None:
         server.certfile = str(directory / server.certfile)
         server.keyfile = str(directory / server.keyfile)
+    if config.ledger.path is not None:
+        config.ledger.path = str(directory / config.ledger.path)
     return config

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -32,6 +33,7 @@ from proxy import headers as h
 from proxy import upstream as up
 from proxy.asgi_types import Receive, Scope, Send
 from proxy.errors import BadRequest, PayloadTooLarge, ProxyError, UpstreamError, UpstreamTimeout
+from proxy.failover import RETRYABLE_STATUSES, Plan, attempt_order, backoff_s, retry_after_s
 from proxy.ledger import LedgerRecord, utc_iso
 from proxy.metering import Meter, StreamMetering, new_meter, render_inline_comment, usage_figures
 from proxy.observe import Finished, Started
@@ -78,6 +80,9 @@ class Exchange:
     max_gap_s: float | None = None  # the longest wait between two body writes to the client
     streaming: bool = False
     attempts: int = 0
+    reason: str = "none"  # how the serving provider was chosen: routed, weighted, failover:<what failed>
+    client_gone: bool = False
+    done: bool = False  # the response is complete: a disconnect now changes nothing
     bytes_to_client: int = 0
     meter: Meter | None = None
     extra_headers: h.Headers = field(default_factory=list)
@@ -97,6 +102,7 @@ def new_exchange(scope: Scope) -> Exchange:
 async def handle(state: ProxyState, scope: Scope, receive: Receive, send: Send) -> None:
     ex = new_exchange(scope)
     response: httpx.Response | None = None
+    watcher: asyncio.Task[None] | None = None
     try:
         incoming = Incoming(
             method=scope["method"],
@@ -116,14 +122,13 @@ async def handle(state: ProxyState, scope: Scope, receive: Receive, send: Send) 
         body = await read_body(receive, scope, state.config.server.max_body_bytes)
         request = parse_request(body, route)
         ex.model = route.model or request["model"]
-        ex.upstream = state.router.select(ex.model, ex.dialect.name)
+        plan = state.router.plan(ex.model, ex.dialect.name)
         ex.trailers = state.trailers_for(scope)
-        outgoing = prepare_request(state, ex, scope, request, body)
-        ex.sent_upstream = True
-        ex.attempts = 1
-        _tell_started(state, ex)
-        response = await up.open_stream(state.client, outgoing, ex.upstream.provider)
-        await relay(state, ex, response, receive, send)
+        # From here on the client may leave at any moment (waiting for a head, backing off, streaming): one
+        # watcher for the rest of the request cancels this task when it does.
+        watcher = asyncio.get_running_loop().create_task(_watch(ex, receive, asyncio.current_task()))
+        response, chunks, first = await open_with_failover(state, ex, plan, scope, request, body)
+        await relay(state, ex, response, chunks, first, send)
     except ProxyError as exc:
         if isinstance(exc, UpstreamError):
             ex.outcome = "timeout" if isinstance(exc, UpstreamTimeout) else "upstream_error"
@@ -131,16 +136,111 @@ async def handle(state: ProxyState, scope: Scope, receive: Receive, send: Send) 
     except ClientGone:
         ex.outcome = "client_disconnected"
     except asyncio.CancelledError:
-        ex.outcome = "cancelled"
-        raise
+        task = asyncio.current_task()
+        if not ex.client_gone or task is None:
+            ex.outcome = "cancelled"
+            raise
+        task.uncancel()  # our own watcher cancelled us: the client left, which is an outcome, not an error
+        ex.outcome = "completed" if ex.meter is not None and ex.meter.finished else "client_disconnected"
+        if ex.meter is not None:
+            ex.meter.close()
     except Exception:
         ex.outcome = "proxy_error"
         state.log.exception("request %s failed inside the proxy", ex.request_id)
         await _send_error(ex, send, ProxyError("The proxy failed while handling the request."))
     finally:
+        ex.done = True
+        if watcher is not None:
+            watcher.cancel()
         if response is not None:
             await up.close(response)
         finish(state, ex)
+
+
+async def _watch(ex: Exchange, receive: Receive, task: asyncio.Task[Any] | None) -> None:
+    """Wait for the client to leave; then cancel the request's task (which closes the upstream at once)."""
+    while True:
+        message = await receive()
+        if message["type"] == _DISCONNECT:
+            if not ex.done and task is not None:
+                ex.client_gone = True
+                task.cancel()
+            return
+
+
+async def open_with_failover(
+    state: ProxyState, ex: Exchange, plan: Plan, scope: Scope, request: dict[str, Any], body: bytes
+) -> tuple[httpx.Response, AsyncIterator[bytes], bytes | None]:
+    """Try the plan's providers until one gives a response worth relaying (see proxy.failover). Returns the
+    response, its body iterator, and the first chunk when the route gates on it. Raises the last failure."""
+    assert ex.route is not None
+    order, ex.reason = attempt_order(plan)
+    retry = state.config.retry
+    tried: dict[str, int] = {}
+    skipped: set[str] = set()
+    delay_s = 0.0
+    failure = ""
+    for i, upstream in enumerate(order):
+        name = upstream.provider.name
+        last = i == len(order) - 1
+        if name in skipped:
+            continue
+        if i:
+            if name in tried:
+                delay_s = max(delay_s, backoff_s(tried[name] - 1, retry.backoff_initial_s, retry.backoff_max_s))
+            else:
+                delay_s = 0.0
+            if delay_s:
+                await asyncio.sleep(delay_s)
+        tried[name] = tried.get(name, 0) + 1
+        ex.upstream = upstream
+        ex.attempts += 1
+        outgoing = prepare_request(state, ex, scope, dict(request), body)
+        if not ex.sent_upstream:
+            ex.sent_upstream = True
+            _tell_started(state, ex)
+        try:
+            async with asyncio.timeout(upstream.provider.first_byte_timeout_s):
+                response = await up.open_stream(state.client, outgoing, upstream.provider)
+        except TimeoutError:
+            error: UpstreamError = UpstreamTimeout("no response head from the upstream provider in time")
+            failure = "first_byte_timeout"
+        except UpstreamError as exc:
+            error, failure = exc, ("timeout" if isinstance(exc, UpstreamTimeout) else "connect")
+        else:
+            status = response.status_code
+            if status in RETRYABLE_STATUSES and not last:
+                wait_s = retry_after_s(response.headers.get("retry-after"))
+                delay_s = 0.0
+                if wait_s is not None:
+                    if wait_s > retry.retry_after_cap_s:
+                        skipped.add(name)  # it asked for longer than we wait: try the others
+                    else:
+                        delay_s = wait_s
+                await up.close(response)
+                failure = str(status)
+                if _nothing_left(order, i, skipped):
+                    raise UpstreamError(f"every provider for this model failed (last: {status})")
+                continue
+            chunks = up.iter_raw(response)
+            first: bytes | None = None
+            if plan.gate_first_chunk and status < 300:
+                first = await anext(chunks, b"")
+                if not last and ex.dialect.first_chunk_failed(ex.route, first):
+                    await up.close(response)
+                    failure = "error_event"
+                    continue
+            if i:
+                ex.reason = "failover:" + failure
+            return response, chunks, first
+        if last or _nothing_left(order, i, skipped):
+            raise error
+        delay_s = 0.0
+    raise UpstreamError(f"every provider for this model failed (last: {failure})")
+
+
+def _nothing_left(order: list[Upstream], i: int, skipped: set[str]) -> bool:
+    return all(u.provider.name in skipped for u in order[i + 1 :])
 
 
 async def read_body(receive: Receive, scope: Scope, limit: int) -> bytes:
@@ -186,16 +286,24 @@ def prepare_request(state: ProxyState, ex: Exchange, scope: Scope, request: dict
     forward_headers = h.upstream_request_headers(scope["headers"])
     forward_headers.append((b"accept-encoding", b"identity"))
     ex.inline_usage = (h.get(scope["headers"], b"x-teeproxy-usage") or b"").strip().lower() == b"inline"
-    if state.metering and ex.dialect.rewrite_request(ex.route, request, ex.upstream.provider):
-        ex.strip_usage_frame = True
+    ex.strip_usage_frame = state.metering and ex.dialect.rewrite_request(ex.route, request, ex.upstream.provider)
+    if ex.strip_usage_frame:
         body = _json_encode(request)
     outgoing = Outgoing("POST", ex.upstream.base_url + ex.route.upstream_path, forward_headers, body)
     ex.dialect.attach_credentials(outgoing, ex.upstream)
     return outgoing
 
 
-async def relay(state: ProxyState, ex: Exchange, response: httpx.Response, receive: Receive, send: Send) -> None:
-    """Tee the upstream body to the client while the meter reads it on the side; watch for the client leaving."""
+async def relay(
+    state: ProxyState,
+    ex: Exchange,
+    response: httpx.Response,
+    chunks: AsyncIterator[bytes],
+    first: bytes | None,
+    send: Send,
+) -> None:
+    """Tee the upstream body to the client while the meter reads it on the side. (The client leaving cancels
+    this, see `_watch`; `handle` closes the upstream response.)"""
     assert ex.upstream is not None and ex.route is not None
     dialect, route = ex.dialect, ex.route
     ex.status = response.status_code
@@ -223,7 +331,8 @@ async def relay(state: ProxyState, ex: Exchange, response: httpx.Response, recei
         if length is not None:
             response_headers.append((b"content-length", length.encode()))
     if streaming:
-        response_headers.extend(_STREAMING_HEADERS)
+        present = {name for name, _ in response_headers}
+        response_headers.extend((name, value) for name, value in _STREAMING_HEADERS if name not in present)
     response_headers.extend(_identity_headers(ex))
     if ex.trailers:
         response_headers.append((b"trailer", h.TRAILER_DECLARATION))
@@ -237,7 +346,6 @@ async def relay(state: ProxyState, ex: Exchange, response: httpx.Response, recei
     )
     ex.response_started = True
 
-    pump_done = False
     last_out = b""
 
     async def emit(data: bytes) -> None:
@@ -254,67 +362,60 @@ async def relay(state: ProxyState, ex: Exchange, response: httpx.Response, recei
         ex.bytes_to_client += len(data)
         last_out = data
 
-    async def pump() -> None:
-        nonlocal pump_done
-        failure: UpstreamError | None = None
-        try:
-            if scrubber is not None:
-                async for chunk in up.iter_raw(response):
-                    out = scrubber.feed(chunk)
-                    if out:
-                        await emit(out)
-                    if meter is not None:
-                        meter.feed(chunk)
-            elif frame_filter is None:
-                async for chunk in up.iter_raw(response):
-                    await emit(chunk)  # the tee: forward first ...
-                    if meter is not None:
-                        meter.feed(chunk)  # ... then let the sidecar read it
-            else:
-                async for chunk in up.iter_raw(response):
-                    out = frame_filter.feed(chunk)
-                    if out:
-                        await emit(out)
-        except UpstreamError as exc:
-            failure = exc
-            ex.outcome = "timeout" if isinstance(exc, UpstreamTimeout) else "upstream_error"
+    async def body() -> AsyncIterator[bytes]:
+        if first:
+            yield first
+        async for chunk in chunks:
+            yield chunk
+
+    failure: UpstreamError | None = None
+    try:
         if scrubber is not None:
-            tail = scrubber.close()
-            if tail:
-                await emit(tail)
-        if frame_filter is not None and scrubber is None:
-            tail = frame_filter.close()  # an unfinished frame is still the client's: every byte goes out
-            if tail:
-                await emit(tail)
-        elif meter is not None:
-            meter.close()
-        if failure is not None and streaming:
+            async for chunk in body():
+                out = scrubber.feed(chunk)
+                if out:
+                    await emit(out)
+                if meter is not None:
+                    meter.feed(chunk)
+        elif frame_filter is None:
+            async for chunk in body():
+                await emit(chunk)  # the tee: forward first ...
+                if meter is not None:
+                    meter.feed(chunk)  # ... then let the sidecar read it
+        else:
+            async for chunk in body():
+                out = frame_filter.feed(chunk)
+                if out:
+                    await emit(out)
+    except UpstreamError as exc:
+        failure = exc
+        ex.outcome = "timeout" if isinstance(exc, UpstreamTimeout) else "upstream_error"
+    if scrubber is not None:
+        tail = scrubber.close()
+        if tail:
+            await emit(tail)
+    if frame_filter is not None and scrubber is None:
+        tail = frame_filter.close()  # an unfinished frame is still the client's: every byte goes out
+        if tail:
+            await emit(tail)
+    elif meter is not None:
+        meter.close()
+    if failure is not None:
+        if streaming:
             # After the first byte the status is spent: tell the client in the dialect's own in-stream form,
             # in a frame of its own even when the upstream stopped mid-frame.
             event = dialect.stream_error(route, failure)
             if sse and last_out and not last_out.endswith(_FRAME_ENDS):
                 event = b"\n\n" + event
             await emit(event)
-        pump_done = True
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
-        if ex.trailers:
-            await send({"type": "http.response.trailers", "headers": trailer_fields(state, ex), "more_trailers": False})
-        watcher_task.cancel()
-
-    async def watch() -> None:
-        while True:
-            message = await receive()
-            if message["type"] == _DISCONNECT:
-                if not pump_done:
-                    ex.outcome = "completed" if meter is not None and meter.finished else "client_disconnected"
-                    if meter is not None:
-                        meter.close()
-                    pump_task.cancel()
-                return
-
-    async with asyncio.TaskGroup() as group:
-        pump_task = group.create_task(pump())
-        watcher_task = group.create_task(watch())
+        else:
+            # A plain body cut short must not look complete: end the response abnormally (the server resets
+            # the stream or closes the connection without the final chunk) instead of sending its end.
+            raise failure
+    ex.done = True
+    await send({"type": "http.response.body", "body": b"", "more_body": False})
+    if ex.trailers:
+        await send({"type": "http.response.trailers", "headers": trailer_fields(state, ex), "more_trailers": False})
 
 
 def _identity_headers(ex: Exchange) -> h.Headers:
@@ -323,6 +424,8 @@ def _identity_headers(ex: Exchange) -> h.Headers:
         (b"x-teeproxy-request-id", ex.request_id.encode()),
         (b"x-teeproxy-provider", ex.upstream.provider.name.encode() if ex.upstream else b""),
         (b"x-teeproxy-model", (ex.model or "").encode("utf-8", "replace")),
+        (b"x-teeproxy-attempts", str(ex.attempts).encode()),
+        (b"x-teeproxy-reason", ex.reason.encode()),
     ]
 
 
@@ -374,6 +477,7 @@ def finish(state: ProxyState, ex: Exchange) -> None:
         ttfb_ms=(ex.first_byte_at - ex.started_at) * 1000 if ex.first_byte_at is not None else None,
         duration_ms=(now - ex.started_at) * 1000,
         bytes_to_client=ex.bytes_to_client,
+        attempts=ex.attempts,
     )
     state.ledger.submit(record)
     if state.observers:

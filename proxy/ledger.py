@@ -10,7 +10,9 @@ the end of the graceful timeout), the records go to a JSON-lines spill file inst
 
 Backends share one schema (table `usage_records`, the record's field names as columns):
 SQLite in WAL mode (the default, `[ledger] path`), PostgreSQL via psycopg 3 (`[ledger] url`), for fleets of
-proxies writing to one place.
+proxies writing to one place. Indexes serve the readers: `teeproxy usage`, and the spend totals of
+`proxy.spend` (a time range, one key's or one model's spend over a time range). Readers never create a
+database: a missing SQLite file is a `LedgerUnavailable` that names the path.
 """
 
 from __future__ import annotations
@@ -20,8 +22,10 @@ import contextlib
 import logging
 import os
 import sqlite3
+import urllib.parse
+from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 import msgspec
 
@@ -59,10 +63,22 @@ class LedgerRecord(msgspec.Struct, kw_only=True):
     ttfb_ms: float | None
     duration_ms: float
     bytes_to_client: int
+    # Added after the first release: upstream attempts this request took (failover and retries included).
+    attempts: int = 1
 
 
 FIELDS: tuple[str, ...] = LedgerRecord.__struct_fields__
-_INT = {"http_status", "input_tokens", "cached_tokens", "cache_write_tokens", "output_tokens", "reasoning_tokens"}
+_INT = {
+    "http_status",
+    "input_tokens",
+    "cached_tokens",
+    "cache_write_tokens",
+    "output_tokens",
+    "reasoning_tokens",
+    "attempts",
+}
+# Columns added after a ledger may already exist: created on open when missing, with their default for old rows.
+_ADDED_COLUMNS = {"attempts": "1"}
 _REAL = {"ttfb_ms", "duration_ms"}
 
 
@@ -82,6 +98,9 @@ def _schema(postgres: bool) -> list[str]:
         f"CREATE TABLE IF NOT EXISTS usage_records ({columns})",
         "CREATE INDEX IF NOT EXISTS usage_records_time ON usage_records (time)",
         "CREATE INDEX IF NOT EXISTS usage_records_request_id ON usage_records (request_id)",
+        # One key's or one model's spend over a time range (`proxy.spend`, `teeproxy usage --key/--model`).
+        "CREATE INDEX IF NOT EXISTS usage_records_key_time ON usage_records (key_name, time)",
+        "CREATE INDEX IF NOT EXISTS usage_records_model_time ON usage_records (model, time)",
     ]
 
 
@@ -90,11 +109,45 @@ def utc_iso(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat(timespec="microseconds")
 
 
-def normalize_since(since: str) -> str:
-    moment = datetime.fromisoformat(since)
+def normalize_time(value: str) -> str:
+    """An ISO 8601 time (a bare date is its midnight; no offset is UTC) in the ledger's format; ValueError if
+    it is not one."""
+    moment = datetime.fromisoformat(value)
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     return utc_iso(moment)
+
+
+
+class LedgerUnavailable(Exception):
+    """A reader cannot read the ledger: no SQLite file at the path, not a ledger, or the database unreachable."""
+
+
+class RecordFilter(msgspec.Struct, frozen=True, kw_only=True):
+    """Which records a reader wants; each field given narrows it. `since` is inclusive, `until` exclusive."""
+
+    request_id: str | None = None
+    key_name: str | None = None
+    model: str | None = None
+    provider: str | None = None
+    since: str | None = None
+    until: str | None = None
+
+    def where(self, mark: str) -> tuple[str, list[str]]:
+        """` WHERE ...` (or "") and its parameters, `mark` being the backend's placeholder."""
+        clauses, params = [], []
+        for column in ("request_id", "key_name", "model", "provider"):
+            value = getattr(self, column)
+            if value is not None:
+                clauses.append(f"{column} = {mark}")
+                params.append(value)
+        if self.since is not None:
+            clauses.append(f"time >= {mark}")
+            params.append(normalize_time(self.since))
+        if self.until is not None:
+            clauses.append(f"time < {mark}")
+            params.append(normalize_time(self.until))
+        return (" WHERE " + " AND ".join(clauses) if clauses else ""), params
 
 
 def _row(record: LedgerRecord) -> tuple[Any, ...]:
@@ -109,24 +162,24 @@ def _record(row: tuple[Any, ...]) -> LedgerRecord:
 
 
 class Backend(Protocol):
+    mark: ClassVar[str]  # the SQL parameter placeholder
+
     def open(self) -> None: ...
     def write(self, records: list[LedgerRecord]) -> None: ...
     def query(self, request_id: str | None, since: str | None) -> list[LedgerRecord]: ...
+    def records(self, where: RecordFilter) -> list[LedgerRecord]: ...
+    def fetch(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]: ...
     def close(self) -> None: ...
 
 
-def _where(request_id: str | None, since: str | None, mark: str) -> tuple[str, list[str]]:
-    clauses, params = [], []
-    if request_id is not None:
-        clauses.append(f"request_id = {mark}")
-        params.append(request_id)
-    if since is not None:
-        clauses.append(f"time >= {mark}")
-        params.append(normalize_since(since))
-    return (" WHERE " + " AND ".join(clauses) if clauses else ""), params
+def _select(where: RecordFilter, mark: str) -> tuple[str, list[str]]:
+    clause, params = where.where(mark)
+    return f"SELECT {', '.join(FIELDS)} FROM usage_records{clause} ORDER BY time", params
 
 
 class SQLiteBackend:
+    mark: ClassVar[str] = "?"
+
     def __init__(self, path: str) -> None:
         self.path = path
         self._conn: sqlite3.Connection | None = None
@@ -139,6 +192,12 @@ class SQLiteBackend:
         conn.execute("PRAGMA busy_timeout=5000")
         for statement in _schema(postgres=False):
             conn.execute(statement)
+        have = {row[1] for row in conn.execute("PRAGMA table_info(usage_records)")}
+        for name, default in _ADDED_COLUMNS.items():
+            if name not in have:
+                conn.execute(
+                    f"ALTER TABLE usage_records ADD COLUMN {name} {_column_type(name, False)} DEFAULT {default}"
+                )
         conn.commit()
         self._conn = conn
 
@@ -151,14 +210,35 @@ class SQLiteBackend:
             )
 
     def query(self, request_id: str | None, since: str | None) -> list[LedgerRecord]:
-        where, params = _where(request_id, since, "?")
-        conn = sqlite3.connect(self.path)
+        return self.records(RecordFilter(request_id=request_id, since=since))
+
+    def records(self, where: RecordFilter) -> list[LedgerRecord]:
+        return [_record(row) for row in self.fetch(*_select(where, self.mark))]
+
+    def fetch(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+        """Run one read on a connection of its own (WAL: readers never wait for the writer)."""
+        conn = self._connect_existing()
         try:
-            conn.execute("PRAGMA busy_timeout=5000")
-            rows = conn.execute(f"SELECT {', '.join(FIELDS)} FROM usage_records{where} ORDER BY time", params)
-            return [_record(row) for row in rows]
+            return conn.execute(sql, params).fetchall()
         finally:
             conn.close()
+
+    def _connect_existing(self) -> sqlite3.Connection:
+        # sqlite3.connect(path) would create an empty database where a reader merely mistyped the path, and
+        # the next query would fail on the missing table: mode=rw opens only a file that exists.
+        if not os.path.isfile(self.path):
+            raise LedgerUnavailable(f"no ledger at {os.path.abspath(self.path)}: the file does not exist")
+        uri = "file:" + urllib.parse.quote(os.path.abspath(self.path)) + "?mode=rw"
+        try:
+            conn = sqlite3.connect(uri, uri=True)
+            conn.execute("PRAGMA busy_timeout=5000")
+            found = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'usage_records'")
+            if found.fetchone() is None:
+                conn.close()
+                raise LedgerUnavailable(f"{os.path.abspath(self.path)} is not a teeproxy ledger (no usage_records)")
+        except sqlite3.Error as exc:
+            raise LedgerUnavailable(f"cannot read the ledger {os.path.abspath(self.path)}: {exc}") from None
+        return conn
 
     def close(self) -> None:
         if self._conn is not None:
@@ -167,6 +247,8 @@ class SQLiteBackend:
 
 
 class PostgresBackend:
+    mark: ClassVar[str] = "%s"
+
     def __init__(self, url: str) -> None:
         self.url = url
         self._conn: Any = None
@@ -178,6 +260,10 @@ class PostgresBackend:
         with self._conn.transaction():
             for statement in _schema(postgres=True):
                 self._conn.execute(statement)
+            for name, default in _ADDED_COLUMNS.items():
+                self._conn.execute(
+                    f"ALTER TABLE usage_records ADD COLUMN IF NOT EXISTS {name} {_column_type(name, True)} DEFAULT {default}"
+                )
 
     def write(self, records: list[LedgerRecord]) -> None:
         marks = ", ".join("%s" for _ in FIELDS)
@@ -187,12 +273,21 @@ class PostgresBackend:
             )
 
     def query(self, request_id: str | None, since: str | None) -> list[LedgerRecord]:
+        return self.records(RecordFilter(request_id=request_id, since=since))
+
+    def records(self, where: RecordFilter) -> list[LedgerRecord]:
+        return [_record(row) for row in self.fetch(*_select(where, self.mark))]
+
+    def fetch(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+        """Run one read on a connection of its own."""
         import psycopg
 
-        where, params = _where(request_id, since, "%s")
-        with psycopg.connect(self.url) as conn:
-            rows = conn.execute(f"SELECT {', '.join(FIELDS)} FROM usage_records{where} ORDER BY time", params)
-            return [_record(tuple(row)) for row in rows]
+        try:
+            with psycopg.connect(self.url, connect_timeout=10) as conn:
+                return [tuple(row) for row in conn.execute(sql, params)]
+        except (psycopg.OperationalError, psycopg.errors.UndefinedTable) as exc:
+            # The message names the host and the failure; psycopg leaves the password out.
+            raise LedgerUnavailable(f"cannot read the ledger database: {str(exc).strip()}") from None
 
     def close(self) -> None:
         if self._conn is not None:
@@ -216,6 +311,12 @@ class Ledger:
         self._writer: asyncio.Task[None] | None = None
         self._inflight: list[LedgerRecord] = []
         self._closed = False
+        self.write_failures = 0  # failed batch writes (each retried), for metrics
+
+    @property
+    def queue_depth(self) -> int:
+        """Records submitted and not yet durable (queued, or in the batch being written)."""
+        return self._queue.qsize() + len(self._inflight)
 
     async def start(self) -> None:
         await asyncio.to_thread(self.backend.open)
@@ -283,6 +384,7 @@ class Ledger:
                 await asyncio.to_thread(self.backend.write, batch)
                 return
             except Exception:
+                self.write_failures += 1
                 delay = RETRY_DELAYS_S[min(attempt, len(RETRY_DELAYS_S) - 1)]
                 log.exception("ledger write of %d records failed; retrying in %.2fs", len(batch), delay)
                 attempt += 1

@@ -11,8 +11,9 @@ import fnmatch
 import hashlib
 import os
 
-from proxy.config import Config, ProviderConfig
+from proxy.config import Config, ProviderConfig, RouteConfig
 from proxy.errors import ModelNotFound, Unauthorized
+from proxy.failover import Plan
 from proxy.providers.base import Upstream
 
 # Distinct model strings remembered per worker; past this, lookups are recomputed rather than remembered.
@@ -46,43 +47,55 @@ def demo_base_url(root_url: str, dialect: str) -> str:
 class Router:
     def __init__(self, config: Config, demo_root_url: str | None = None) -> None:
         self._providers = {p.name: p for p in config.providers}
-        self._routes = [(route.models, [self._providers[name] for name in route.providers]) for route in config.routes]
+        self._routes = [(route, [self._providers[name] for name in route.providers]) for route in config.routes]
         self._demo_root_url = demo_root_url
-        self._cache: dict[tuple[str, str], Upstream] = {}
+        self._cache: dict[tuple[str, str], Plan] = {}
 
     def select(self, model: str, dialect: str) -> Upstream:
-        key = (dialect, model)
-        upstream = self._cache.get(key)
-        if upstream is None:
-            upstream = self._select(model, dialect)
-            if len(self._cache) < MAX_CACHED_MODELS:
-                self._cache[key] = upstream
-        return upstream
+        """The first attempt's provider (in config order)."""
+        return self.plan(model, dialect).upstreams[0]
 
-    def _select(self, model: str, dialect: str) -> Upstream:
-        for patterns, providers in self._routes:
-            speaking = [p for p in providers if p.dialect == dialect]
-            if not speaking or not any(fnmatch.fnmatchcase(model, pattern) for pattern in patterns):
+    def plan(self, model: str, dialect: str) -> Plan:
+        key = (dialect, model)
+        plan = self._cache.get(key)
+        if plan is None:
+            plan = self._plan(model, dialect)
+            if len(self._cache) < MAX_CACHED_MODELS:
+                self._cache[key] = plan
+        return plan
+
+    def _plan(self, model: str, dialect: str) -> Plan:
+        for route, providers in self._routes:
+            if not any(fnmatch.fnmatchcase(model, pattern) for pattern in route.models):
                 continue
-            # Failover over the rest of `speaking` comes later; the first one serves.
-            provider = speaking[0]
-            if self._demo_root_url is not None:
-                demo = ProviderConfig(
-                    name="demo", dialect=provider.dialect, base_url=demo_base_url(self._demo_root_url, dialect)
-                )
-                return Upstream(demo, demo.base_url, DEMO_UPSTREAM_KEY)
-            key = os.environ.get(provider.api_key_env) if provider.api_key_env else None
-            return Upstream(provider, provider.base_url.rstrip("/"), key)
+            speaking = [(i, p) for i, p in enumerate(providers) if p.dialect == dialect]
+            if speaking:
+                return self._plan_for(route, speaking, dialect)
         raise ModelNotFound(f"The model `{model}` does not exist or you do not have access to it.")
+
+    def _plan_for(self, route: RouteConfig, speaking: list[tuple[int, ProviderConfig]], dialect: str) -> Plan:
+        if self._demo_root_url is not None:
+            demo = ProviderConfig(
+                name="demo", dialect=speaking[0][1].dialect, base_url=demo_base_url(self._demo_root_url, dialect)
+            )
+            return Plan((Upstream(demo, demo.base_url, DEMO_UPSTREAM_KEY),), None, 1, route.gate_first_chunk)
+        upstreams = tuple(
+            Upstream(p, p.base_url.rstrip("/"), os.environ.get(p.api_key_env) if p.api_key_env else None)
+            for _, p in speaking
+        )
+        weights = tuple(route.weights[i] for i, _ in speaking) if route.weights is not None else None
+        if weights is not None and not any(weights):
+            weights = None
+        return Plan(upstreams, weights, route.max_attempts or len(upstreams), route.gate_first_chunk)
 
     def model_ids(self, dialect: str) -> list[tuple[str, str]]:
         """(model id or pattern, provider name) of the routes that serve `dialect`, for the model lists."""
         out: list[tuple[str, str]] = []
-        for patterns, providers in self._routes:
+        for route, providers in self._routes:
             speaking = [p for p in providers if p.dialect == dialect]
             if speaking:
                 owner = "demo" if self._demo_root_url is not None else speaking[0].name
-                out.extend((pattern, owner) for pattern in patterns)
+                out.extend((pattern, owner) for pattern in route.models)
         return out
 
 

@@ -131,6 +131,7 @@ def test_usage_cli_json_has_exactly_the_field_names(tmp_path: pathlib.Path, caps
         "ttfb_ms",
         "duration_ms",
         "bytes_to_client",
+        "attempts",  # added with failover; an older ledger gains the column when opened
     )
 
 
@@ -219,3 +220,24 @@ def test_unreachable_database_at_shutdown_spills_every_record(
     lines = [json.loads(line) for line in spill.read_text().splitlines()]
     assert [line["request_id"] for line in lines] == ["req-0", "req-1", "req-2", "req-99"]
     assert all(tuple(line) == FIELDS for line in lines)
+
+
+def test_a_ledger_from_before_attempts_gains_the_column(tmp_path: pathlib.Path) -> None:
+    """An existing SQLite ledger without the `attempts` column keeps its rows and gains the column (1)."""
+    import sqlite3
+
+    path = str(tmp_path / "old.db")
+    old_fields = [f for f in FIELDS if f != "attempts"]
+    conn = sqlite3.connect(path)
+    conn.execute(f"CREATE TABLE usage_records ({', '.join(old_fields)})")
+    old = record(1)
+    conn.execute(
+        f"INSERT INTO usage_records ({', '.join(old_fields)}) VALUES ({', '.join('?' for _ in old_fields)})",
+        [getattr(old, f) for f in old_fields],
+    )
+    conn.commit()
+    conn.close()
+    roundtrip(path, None, [record(2)])
+    rows = SQLiteBackend(path).query(None, None)
+    assert [r.attempts for r in rows] == [1, 1]
+    assert rows[0].request_id == old.request_id

@@ -40,7 +40,17 @@ import msgspec
 
 from proxy.errors import MethodNotAllowed, ProxyError
 from proxy.parsers.sse import MAX_LINE_BYTES, FrameError, SSEParser
-from proxy.providers.base import FrameFilter, Headers, Incoming, Outgoing, Route, StreamMeter, TailComment, Upstream
+from proxy.providers.base import (
+    FrameFilter,
+    Headers,
+    Incoming,
+    Outgoing,
+    Route,
+    StreamMeter,
+    TailComment,
+    Upstream,
+    first_sse_event_failed,
+)
 from proxy.usage import Usage, UsageStatus
 
 if TYPE_CHECKING:
@@ -363,6 +373,9 @@ class AnthropicDialect:
         data = [_Model(id=model, display_name=model) for model, _owner in models]
         first, last = (data[0].id, data[-1].id) if data else (None, None)
         return _encode(_ModelList(data=data, has_more=False, first_id=first, last_id=last))
+
+    def first_chunk_failed(self, route: Route, data: bytes) -> bool:
+        return first_sse_event_failed(data)
 
 
 DIALECT = AnthropicDialect()

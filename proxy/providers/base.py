@@ -14,7 +14,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
+import msgspec
+
+from proxy.parsers.sse import FrameError, SSEParser
 from proxy.usage import Usage, UsageStatus
+
+_decode_any = msgspec.json.Decoder().decode
 
 if TYPE_CHECKING:
     from proxy.config import ProviderConfig
@@ -153,6 +158,11 @@ class Dialect(Protocol):
         """The body of a local model list for (model id, owner) pairs, in this dialect's format."""
         ...
 
+    def first_chunk_failed(self, route: Route, data: bytes) -> bool:
+        """With a route's `gate_first_chunk`: whether a stream's first bytes already say it failed (an upstream
+        that sends 200 and then an error event), so the request can still move to another provider."""
+        ...
+
 
 class TailComment:
     """The inline usage comment for SSE dialects with nothing to remove: the stream passes through unchanged (and
@@ -173,3 +183,22 @@ class TailComment:
         self._meter.close()
         line = self._comment()
         return line if self._last in (b"\n", b"\r") else b"\n" + line
+
+
+def first_sse_event_failed(data: bytes) -> bool:
+    """Whether the first whole SSE event in `data` is an error: `event: error`, or JSON whose top-level `error`
+    is set or whose `type` is "error" / "response.failed". An incomplete first event is not (yet) a failure."""
+    try:
+        events = SSEParser().feed(data)
+    except FrameError:
+        return False
+    if not events:
+        return False
+    first = events[0]
+    if first.event == "error":
+        return True
+    try:
+        obj = _decode_any(first.data)
+    except (ValueError, RecursionError):
+        return False
+    return isinstance(obj, dict) and (bool(obj.get("error")) or obj.get("type") in ("error", "response.failed"))

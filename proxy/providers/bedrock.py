@@ -439,5 +439,12 @@ class BedrockDialect:
         (`{"modelSummaries": [{"modelId", "providerName"}]}`), trimmed to the fields the proxy knows."""
         return _encode({"modelSummaries": [{"modelId": model, "providerName": owner} for model, owner in models]})
 
+    def first_chunk_failed(self, route: Route, data: bytes) -> bool:
+        try:
+            messages = EventStreamDecoder().feed(data)
+        except FrameError:
+            return False
+        return bool(messages) and messages[0].headers.get(":message-type") in ("exception", "error")
+
 
 DIALECT: Dialect = BedrockDialect()

@@ -45,7 +45,16 @@ import msgspec
 from proxy.errors import BadRequest, MethodNotAllowed, ProxyError
 from proxy.parsers.jsonarray import JSONArrayParser
 from proxy.parsers.sse import FrameError, SSEParser
-from proxy.providers.base import FrameFilter, Headers, Incoming, Outgoing, Route, StreamMeter, Upstream
+from proxy.providers.base import (
+    FrameFilter,
+    Headers,
+    Incoming,
+    Outgoing,
+    Route,
+    StreamMeter,
+    Upstream,
+    first_sse_event_failed,
+)
 from proxy.usage import Usage, UsageStatus
 
 if TYPE_CHECKING:
@@ -357,6 +366,26 @@ class GeminiDialect:
     def models_body(self, models: list[tuple[str, str]]) -> bytes:
         entries = [_Model(f"models/{model}", model, list(_GENERATION_METHODS)) for model, _owner in models]
         return _encode(_ModelList(entries))
+
+    def first_chunk_failed(self, route: Route, data: bytes) -> bool:
+        if route.kind == KIND_STREAM_SSE:
+            return first_sse_event_failed(data)
+        try:
+            elements = JSONArrayParser().feed(data)
+        except FrameError:
+            return False
+        return bool(elements) and b'"error"' in elements[0] and _starts_with_error(elements[0])
+
+
+class _ErrorView(msgspec.Struct):
+    error: msgspec.Raw | None = None
+
+
+def _starts_with_error(element: bytes) -> bool:
+    try:
+        return msgspec.json.decode(element, type=_ErrorView).error is not None
+    except (ValueError, RecursionError):
+        return False
 
 
 DIALECT = GeminiDialect()

@@ -39,7 +39,16 @@ import msgspec
 
 from proxy.errors import MethodNotAllowed, ProxyError
 from proxy.parsers.sse import MAX_LINE_BYTES, FrameError, SSEEvent, SSEParser
-from proxy.providers.base import FrameFilter, Headers, Incoming, Outgoing, Route, StreamMeter, Upstream
+from proxy.providers.base import (
+    FrameFilter,
+    Headers,
+    Incoming,
+    Outgoing,
+    Route,
+    StreamMeter,
+    Upstream,
+    first_sse_event_failed,
+)
 from proxy.usage import Usage, UsageStatus
 
 if TYPE_CHECKING:
@@ -467,6 +476,9 @@ class OpenAIDialect:
 
     def models_body(self, models: list[tuple[str, str]]) -> bytes:
         return _encode(_ModelList(data=[_Model(id=model, owned_by=owner) for model, owner in models]))
+
+    def first_chunk_failed(self, route: Route, data: bytes) -> bool:
+        return first_sse_event_failed(data)
 
 
 DIALECT = OpenAIDialect()
