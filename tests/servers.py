@@ -46,6 +46,7 @@ class Script:
     content_length: bool = False  # send Content-Length instead of chunked
     cut_after: int | None = None  # drop the connection after this many bytes (an upstream failure)
     end_pause_s: float = 0.0  # wait this long after the last byte before ending the body
+    head_pause_s: float = 0.0  # wait this long before the response head (a slow or stalled upstream)
 
 
 class ReplayUpstream:
@@ -62,6 +63,8 @@ class ReplayUpstream:
     async def _handle(self, request: Request, reply: Reply) -> None:
         self.requests.append(request)
         script = self.script(request) if callable(self.script) else self.script
+        if script.head_pause_s:
+            await asyncio.sleep(script.head_pause_s)
         headers = [(b"content-type", script.content_type), *script.headers]
         if script.content_length:
             headers.append((b"content-length", str(len(script.body)).encode()))
