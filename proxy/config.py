@@ -38,6 +38,8 @@ class ServerConfig(_Strict):
     keepalive_ping_s: float = 15.0
     # On SIGTERM, in-flight streams get this long to finish before they are ended with an in-stream error.
     graceful_timeout_s: float = 30.0
+    # A client with a valid key gets this long to send its whole request body (408 after).
+    body_timeout_s: float = 60.0
 
 
 class MeteringConfig(_Strict):
@@ -56,6 +58,13 @@ class AdminConfig(_Strict):
     key_sha256: str | None = None
     # Whether GET /metrics needs the admin key too (false: open, for a scraper on a private network).
     metrics_need_key: bool = False
+
+
+class LogConfig(_Strict):
+    # One JSON line per request that went upstream (proxy.access_log): to standard error, or appended to
+    # access_path (relative to the config file, like the ledger's path).
+    access: bool = False
+    access_path: str | None = None
 
 
 class DemoConfig(_Strict):
@@ -118,6 +127,7 @@ class Config(_Strict):
     keys: list[KeyConfig] = msgspec.field(default_factory=list)
     prices: dict[str, PriceOverride] = msgspec.field(default_factory=dict)
     admin: AdminConfig = msgspec.field(default_factory=AdminConfig)
+    log: LogConfig = msgspec.field(default_factory=LogConfig)
 
 
 def _check(config: Config, source: str) -> None:
@@ -191,4 +201,6 @@ def _relative_to(config: Config, directory: pathlib.Path) -> Config:
         server.keyfile = str(directory / server.keyfile)
     if config.ledger.path is not None:
         config.ledger.path = str(directory / config.ledger.path)
+    if config.log.access_path is not None:
+        config.log.access_path = str(directory / config.log.access_path)
     return config

@@ -7,7 +7,9 @@
     │   ├── ModelNotFound         404  no route for the request's model
     │   ├── MethodNotAllowed      405
     │   ├── BadRequest            400  body is not JSON, or lacks what the endpoint needs
-    │   └── PayloadTooLarge       413  body over [server] max_body_bytes
+    │   ├── RequestTimeout        408  the request body did not arrive within [server] body_timeout_s
+    │   ├── PayloadTooLarge       413  body over [server] max_body_bytes
+    │   └── HeadersTooLarge       431  more request headers than MAX_REQUEST_HEADERS
     ├── UpstreamError             the provider failed or could not be reached
     │   ├── UpstreamConnectError  502  could not connect
     │   ├── UpstreamTimeout       504  connect/read timeout
@@ -67,6 +69,16 @@ class BadRequest(ClientError):
 class PayloadTooLarge(ClientError):
     status = 413
     code = "request_too_large"
+
+
+class RequestTimeout(ClientError):
+    status = 408
+    code = "request_timeout"
+
+
+class HeadersTooLarge(ClientError):
+    status = 431
+    code = "request_header_fields_too_large"
 
 
 class UpstreamError(ProxyError):

@@ -19,9 +19,11 @@ can use before the frame ends anyway.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import re
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -32,7 +34,15 @@ import msgspec
 from proxy import headers as h
 from proxy import upstream as up
 from proxy.asgi_types import Receive, Scope, Send
-from proxy.errors import BadRequest, PayloadTooLarge, ProxyError, UpstreamError, UpstreamTimeout
+from proxy.errors import (
+    BadRequest,
+    HeadersTooLarge,
+    PayloadTooLarge,
+    ProxyError,
+    RequestTimeout,
+    UpstreamError,
+    UpstreamTimeout,
+)
 from proxy.failover import RETRYABLE_STATUSES, Plan, attempt_order, backoff_s, retry_after_s
 from proxy.ledger import LedgerRecord, utc_iso
 from proxy.metering import Meter, StreamMetering, new_meter, render_inline_comment, usage_figures
@@ -49,6 +59,12 @@ _json_encode = msgspec.json.Encoder().encode
 _STREAMING_HEADERS: h.Headers = [(b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
 _DISCONNECT = "http.disconnect"
 _FRAME_ENDS = (b"\n\n", b"\r\n\r\n", b"\r\r")
+# More request headers than any SDK sends (they send 10-20); past it 431, before any other work.
+MAX_REQUEST_HEADERS = 128
+# Model names: Bedrock ARNs are the longest real ones (a few hundred characters). A longer one is refused rather
+# than routed, cached and logged.
+MAX_MODEL_CHARS = 512
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 class ClientGone(Exception):
@@ -83,6 +99,7 @@ class Exchange:
     reason: str = "none"  # how the serving provider was chosen: routed, weighted, failover:<what failed>
     client_gone: bool = False
     done: bool = False  # the response is complete: a disconnect now changes nothing
+    close_connection: bool = False  # answer with `Connection: close` (HTTP/1.1)
     bytes_to_client: int = 0
     meter: Meter | None = None
     extra_headers: h.Headers = field(default_factory=list)
@@ -104,6 +121,8 @@ async def handle(state: ProxyState, scope: Scope, receive: Receive, send: Send) 
     response: httpx.Response | None = None
     watcher: asyncio.Task[None] | None = None
     try:
+        if len(scope["headers"]) > MAX_REQUEST_HEADERS:
+            raise HeadersTooLarge(f"The request has more than {MAX_REQUEST_HEADERS} header fields.")
         incoming = Incoming(
             method=scope["method"],
             path=scope["path"],
@@ -119,9 +138,13 @@ async def handle(state: ProxyState, scope: Scope, receive: Receive, send: Send) 
         if route.local:
             await _send_json(ex, send, 200, state.models_body(ex.dialect))
             return
-        body = await read_body(receive, scope, state.config.server.max_body_bytes)
+        _refuse_ambiguous_framing(ex, scope)
+        async with _deadline(state.config.server.body_timeout_s):
+            body = await read_body(receive, scope, state.config.server.max_body_bytes)
         request = parse_request(body, route)
-        ex.model = route.model or request["model"]
+        model = route.model or request["model"]
+        _check_model(model)  # before it is echoed in a header or routed
+        ex.model = model
         plan = state.router.plan(ex.model, ex.dialect.name)
         ex.trailers = state.trailers_for(scope)
         # From here on the client may leave at any moment (waiting for a head, backing off, streaming): one
@@ -262,11 +285,36 @@ async def read_body(receive: Receive, scope: Scope, limit: int) -> bytes:
             return b"".join(parts)
 
 
+@contextlib.asynccontextmanager
+async def _deadline(seconds: float) -> AsyncIterator[None]:
+    try:
+        async with asyncio.timeout(seconds):
+            yield
+    except TimeoutError:
+        raise RequestTimeout(f"The request body did not arrive within {seconds:g} s.") from None
+
+
+def _refuse_ambiguous_framing(ex: Exchange, scope: Scope) -> None:
+    """Content-Length and Transfer-Encoding together is how requests are smuggled (RFC 9112 §6.1): refuse, and
+    close the connection so no byte after this request is read as another one."""
+    names = {name for name, _ in scope["headers"]}
+    if b"content-length" in names and b"transfer-encoding" in names:
+        ex.close_connection = True
+        raise BadRequest("The request has both Content-Length and Transfer-Encoding.")
+
+
+def _check_model(model: str) -> None:
+    if len(model) > MAX_MODEL_CHARS:
+        raise BadRequest(f"The model name is longer than {MAX_MODEL_CHARS} characters.")
+    if _CONTROL.search(model):
+        raise BadRequest("The model name contains control characters.")
+
+
 def parse_request(body: bytes, route: Route) -> dict[str, Any]:
     """Every dialect's request body is a JSON object; the model is in it unless the path names it."""
     try:
         request = _json_decode(body)
-    except msgspec.DecodeError:
+    except (ValueError, RecursionError):  # msgspec's DecodeError, invalid UTF-8, nesting past the stack
         raise BadRequest(
             "We could not parse the JSON body of your request. The request body must be a JSON object."
         ) from None
@@ -346,21 +394,11 @@ async def relay(
     )
     ex.response_started = True
 
-    last_out = b""
-
-    async def emit(data: bytes) -> None:
-        nonlocal last_out
-        now = time.perf_counter()
-        if ex.first_byte_at is None:
-            ex.first_byte_at = now
-        elif ex.last_byte_at is not None:
-            gap = now - ex.last_byte_at
-            if ex.max_gap_s is None or gap > ex.max_gap_s:
-                ex.max_gap_s = gap
-        ex.last_byte_at = now
-        await send({"type": "http.response.body", "body": data, "more_body": True})
-        ex.bytes_to_client += len(data)
-        last_out = data
+    sink = _ClientStream(ex, send, dialect.keepalive(route) if streaming else None)
+    emit = sink.write
+    keepalive = state.keepalive if sink.keepalive is not None and state.keepalive.interval_s > 0 else None
+    if keepalive is not None:
+        keepalive.add(sink)
 
     async def body() -> AsyncIterator[bytes]:
         if first:
@@ -370,26 +408,13 @@ async def relay(
 
     failure: UpstreamError | None = None
     try:
-        if scrubber is not None:
-            async for chunk in body():
-                out = scrubber.feed(chunk)
-                if out:
-                    await emit(out)
-                if meter is not None:
-                    meter.feed(chunk)
-        elif frame_filter is None:
-            async for chunk in body():
-                await emit(chunk)  # the tee: forward first ...
-                if meter is not None:
-                    meter.feed(chunk)  # ... then let the sidecar read it
-        else:
-            async for chunk in body():
-                out = frame_filter.feed(chunk)
-                if out:
-                    await emit(out)
+        await _pump(body(), emit, scrubber, frame_filter, meter)
     except UpstreamError as exc:
         failure = exc
         ex.outcome = "timeout" if isinstance(exc, UpstreamTimeout) else "upstream_error"
+    finally:
+        if keepalive is not None:
+            keepalive.discard(sink)
     if scrubber is not None:
         tail = scrubber.close()
         if tail:
@@ -405,7 +430,7 @@ async def relay(
             # After the first byte the status is spent: tell the client in the dialect's own in-stream form,
             # in a frame of its own even when the upstream stopped mid-frame.
             event = dialect.stream_error(route, failure)
-            if sse and last_out and not last_out.endswith(_FRAME_ENDS):
+            if sse and not sink.at_boundary:
                 event = b"\n\n" + event
             await emit(event)
         else:
@@ -416,6 +441,77 @@ async def relay(
     await send({"type": "http.response.body", "body": b"", "more_body": False})
     if ex.trailers:
         await send({"type": "http.response.trailers", "headers": trailer_fields(state, ex), "more_trailers": False})
+
+
+async def _pump(
+    body: AsyncIterator[bytes],
+    emit: Callable[[bytes], Awaitable[None]],
+    scrubber: SecretScrubber | None,
+    frame_filter: FrameFilter | None,
+    meter: Meter | None,
+) -> None:
+    if scrubber is not None:
+        async for chunk in body:
+            out = scrubber.feed(chunk)
+            if out:
+                await emit(out)
+            if meter is not None:
+                meter.feed(chunk)
+    elif frame_filter is None:
+        async for chunk in body:
+            await emit(chunk)  # the tee: forward first ...
+            if meter is not None:
+                meter.feed(chunk)  # ... then let the sidecar read it
+    else:
+        async for chunk in body:
+            out = frame_filter.feed(chunk)
+            if out:
+                await emit(out)
+
+
+class _ClientStream:
+    """The client's side of the relay: body writes, their timings, and keep-alives between frames."""
+
+    __slots__ = ("_ex", "_send", "at_boundary", "keepalive", "last_write_at", "_writing")
+
+    def __init__(self, ex: Exchange, send: Send, keepalive: bytes | None) -> None:
+        self._ex = ex
+        self._send = send
+        self.keepalive = keepalive
+        self.at_boundary = True  # the client holds whole frames only
+        self.last_write_at = time.perf_counter()
+        self._writing = False
+
+    async def write(self, data: bytes) -> None:
+        ex = self._ex
+        now = time.perf_counter()
+        if ex.first_byte_at is None:
+            ex.first_byte_at = now
+        elif ex.last_byte_at is not None:
+            gap = now - ex.last_byte_at
+            if ex.max_gap_s is None or gap > ex.max_gap_s:
+                ex.max_gap_s = gap
+        ex.last_byte_at = self.last_write_at = now
+        self.at_boundary = data.endswith(_FRAME_ENDS)
+        self._writing = True
+        try:
+            await self._send({"type": "http.response.body", "body": data, "more_body": True})
+        finally:
+            self._writing = False
+        ex.bytes_to_client += len(data)
+
+    def can_ping(self) -> bool:
+        return self.at_boundary and not self._writing and not self._ex.done
+
+    async def ping(self) -> None:
+        assert self.keepalive is not None
+        self.last_write_at = time.perf_counter()
+        self._writing = True
+        try:
+            await self._send({"type": "http.response.body", "body": self.keepalive, "more_body": True})
+        finally:
+            self._writing = False
+        self._ex.bytes_to_client += len(self.keepalive)
 
 
 def _identity_headers(ex: Exchange) -> h.Headers:
@@ -511,17 +607,14 @@ def _tell_started(state: ProxyState, ex: Exchange) -> None:
 
 
 async def _send_json(ex: Exchange, send: Send, status: int, body: bytes, headers: h.Headers | None = None) -> None:
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                *(headers if headers is not None else [(b"content-type", b"application/json")]),
-                (b"content-length", str(len(body)).encode()),
-                *_identity_headers(ex),
-            ],
-        }
-    )
+    out = [
+        *(headers if headers is not None else [(b"content-type", b"application/json")]),
+        (b"content-length", str(len(body)).encode()),
+        *_identity_headers(ex),
+    ]
+    if ex.close_connection:
+        out.append((b"connection", b"close"))
+    await send({"type": "http.response.start", "status": status, "headers": out})
     await send({"type": "http.response.body", "body": body, "more_body": False})
     ex.response_started = True
     ex.status = status

@@ -84,7 +84,8 @@ def upstream_request_headers(headers: Headers) -> Headers:
 
 
 def client_response_headers(headers: Headers) -> Headers:
-    return _without_hop_by_hop(headers, _RESPONSE_DROP, (b"proxy-",))
+    """The upstream's own `x-teeproxy-*` headers are dropped: only the proxy speaks in that name."""
+    return _without_hop_by_hop(headers, _RESPONSE_DROP, (b"proxy-", b"x-teeproxy-"))
 
 
 def get(headers: Headers, name: bytes) -> bytes | None:

@@ -10,6 +10,7 @@ import httpx
 from proxy import headers as h
 from proxy.asgi_types import Scope
 from proxy.config import Config
+from proxy.keepalive import KeepAlive
 from proxy.ledger import Ledger
 from proxy.observe import Observer
 from proxy.pricing import Pricer
@@ -29,7 +30,11 @@ class ProxyState:
     http11_trailers: bool = False
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("teeproxy"))
     observers: list[Observer] = field(default_factory=list)
+    keepalive: KeepAlive = field(init=False)
     _models_bodies: dict[str, bytes] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.keepalive = KeepAlive(self.config.server.keepalive_ping_s)
 
     @property
     def metering(self) -> bool:

@@ -110,12 +110,18 @@ def root_url(base_url: str) -> str:
 
 
 def proxy_config_text(
-    upstream_url: str, ledger_path: str, extra: str = "", provider_extra: str = "", ledger: str | None = None
+    upstream_url: str,
+    ledger_path: str,
+    extra: str = "",
+    provider_extra: str = "",
+    ledger: str | None = None,
+    server_extra: str = "",
 ) -> str:
     return f"""
 [server]
 bind = "127.0.0.1:0"
 max_body_bytes = 1048576
+{server_extra}
 
 [ledger]
 {ledger or f'path = "{ledger_path}"'}
@@ -276,13 +282,14 @@ def start_stack(
     provider_extra: str = "",
     ledger: str | None = None,
     tls: tuple[str, str] | None = None,
+    server_extra: str = "",
 ) -> Iterator[Stack]:
     loop = LoopThread()
     upstream = ReplayUpstream()
     loop.run(upstream.server.start())
     ledger_path = str(tmp_path / "ledger.db")
     config = parse_config(
-        proxy_config_text(upstream.base_url, ledger_path, extra, provider_extra, ledger), "test-config"
+        proxy_config_text(upstream.base_url, ledger_path, extra, provider_extra, ledger, server_extra), "test-config"
     )
     proxy = ProxyServer(loop, config, tls)
     proxy.start()

@@ -377,5 +377,8 @@ class AnthropicDialect:
     def first_chunk_failed(self, route: Route, data: bytes) -> bool:
         return first_sse_event_failed(data)
 
+    def keepalive(self, route: Route) -> bytes | None:
+        return b": ping\n\n"  # an SSE comment: the anthropic SDK skips it
+
 
 DIALECT = AnthropicDialect()

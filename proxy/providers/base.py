@@ -158,6 +158,11 @@ class Dialect(Protocol):
         """The body of a local model list for (model id, owner) pairs, in this dialect's format."""
         ...
 
+    def keepalive(self, route: Route) -> bytes | None:
+        """Bytes the client's SDK ignores, sent between frames while the upstream is silent (see
+        proxy.keepalive); None when the stream's framing has no such thing."""
+        ...
+
     def first_chunk_failed(self, route: Route, data: bytes) -> bool:
         """With a route's `gate_first_chunk`: whether a stream's first bytes already say it failed (an upstream
         that sends 200 and then an error event), so the request can still move to another provider."""

@@ -446,5 +446,8 @@ class BedrockDialect:
             return False
         return bool(messages) and messages[0].headers.get(":message-type") in ("exception", "error")
 
+    def keepalive(self, route: Route) -> bytes | None:
+        return None  # a binary event stream has no comment or empty message botocore would skip
+
 
 DIALECT: Dialect = BedrockDialect()

@@ -376,6 +376,12 @@ class GeminiDialect:
             return False
         return bool(elements) and b'"error"' in elements[0] and _starts_with_error(elements[0])
 
+    def keepalive(self, route: Route) -> bytes | None:
+        # google-genai parses comment lines as JSON (and raises); an empty line between frames dispatches
+        # nothing, in its reader as in the SSE spec. A JSON array gets nothing: whitespace is only safe between
+        # elements, which the relay does not track.
+        return b"\r\n" if route.kind == KIND_STREAM_SSE else None
+
 
 class _ErrorView(msgspec.Struct):
     error: msgspec.Raw | None = None

@@ -480,5 +480,8 @@ class OpenAIDialect:
     def first_chunk_failed(self, route: Route, data: bytes) -> bool:
         return first_sse_event_failed(data)
 
+    def keepalive(self, route: Route) -> bytes | None:
+        return b": ping\n\n"  # an SSE comment: the openai SDKs and EventSource skip it
+
 
 DIALECT = OpenAIDialect()
