@@ -6,6 +6,8 @@ from decimal import Decimal
 
 import genai_prices
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from proxy.config import ProviderConfig
 from proxy.pricing import PriceOverride, Pricer, price_provider_id
@@ -135,3 +137,52 @@ def test_anthropic_one_hour_cache_writes_are_priced_apart() -> None:
     cost_5m, _ = pricer.price(ANTHROPIC, "claude-sonnet-4-20250514", five_minutes)
     cost_1h, _ = pricer.price(ANTHROPIC, "claude-sonnet-4-20250514", one_hour)
     assert (cost_5m, cost_1h) == (Decimal("3.75"), Decimal("6"))
+
+
+def _catalogue() -> list[tuple[str, str]]:
+    from genai_prices import data_snapshot
+
+    return [(p.id, m.id) for p in data_snapshot.get_snapshot().providers for m in p.models]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    entry=st.sampled_from(_catalogue()),
+    uncached=st.integers(0, 2_000_000),
+    cached=st.integers(0, 500_000),
+    written=st.integers(0, 500_000),
+    one_hour_share=st.integers(0, 100),
+    output=st.integers(0, 200_000),
+)
+def test_the_fast_path_prices_exactly_as_genai_prices(
+    entry: tuple[str, str], uncached: int, cached: int, written: int, one_hour_share: int, output: int
+) -> None:
+    """Every model in the price data, any usage: the cached simple-price path gives genai-prices' own Decimal."""
+    provider_id, model = entry
+    one_hour = written * one_hour_share // 100
+    usage = Usage(
+        input_tokens=uncached + cached + written,
+        cached_tokens=cached,
+        cache_write_tokens=written,
+        cache_write_1h_tokens=one_hour,
+        output_tokens=output,
+    )
+    provider = ProviderConfig(name=provider_id, base_url="http://127.0.0.1:1", pricing_provider=provider_id)
+    ours, status = Pricer({}).price(provider, model, usage)
+    try:
+        theirs = genai_prices.calc_price(
+            genai_prices.Usage(
+                input_tokens=usage.input_tokens,
+                cache_read_tokens=cached,
+                cache_write_tokens=written,
+                cache_write_1h_tokens=one_hour or None,
+                output_tokens=output,
+            ),
+            model_ref=model,
+            provider_id=provider_id,
+        ).total_price
+    except LookupError:
+        assert (ours, status) == (None, "unpriced")
+        return
+    assert status == "priced"
+    assert ours == theirs
