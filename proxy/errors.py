@@ -14,6 +14,8 @@
     │   ├── UpstreamConnectError  502  could not connect
     │   ├── UpstreamTimeout       504  connect/read timeout
     │   └── UpstreamProtocolError 502  the upstream broke the protocol mid-response
+    ├── ShuttingDown              503  the proxy is shutting down (a new request while draining, or a stream
+    │                                  still running when the grace period ended)
     └── ConfigError               a bad config file: stops start-up with a message naming the key
 
 Parsers raise only `FrameError` (proxy.parsers.sse); it costs usage accuracy, never a forwarded byte, and is
@@ -97,6 +99,12 @@ class UpstreamTimeout(UpstreamError):
 
 class UpstreamProtocolError(UpstreamError):
     code = "upstream_protocol_error"
+
+
+class ShuttingDown(ProxyError):
+    status = 503
+    error_type = "server_error"
+    code = "shutting_down"
 
 
 class ConfigError(Exception):

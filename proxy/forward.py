@@ -40,6 +40,7 @@ from proxy.errors import (
     PayloadTooLarge,
     ProxyError,
     RequestTimeout,
+    ShuttingDown,
     UpstreamError,
     UpstreamTimeout,
 )
@@ -100,6 +101,9 @@ class Exchange:
     client_gone: bool = False
     done: bool = False  # the response is complete: a disconnect now changes nothing
     close_connection: bool = False  # answer with `Connection: close` (HTTP/1.1)
+    shutdown: bool = False  # the drain ended this request (proxy.drain)
+    sse: bool = False
+    sink: _ClientStream | None = None
     bytes_to_client: int = 0
     meter: Meter | None = None
     extra_headers: h.Headers = field(default_factory=list)
@@ -120,7 +124,13 @@ async def handle(state: ProxyState, scope: Scope, receive: Receive, send: Send) 
     ex = new_exchange(scope)
     response: httpx.Response | None = None
     watcher: asyncio.Task[None] | None = None
+    me = asyncio.current_task()
+    if me is not None:
+        state.drain.track(me, ex)
     try:
+        if state.drain.draining:
+            ex.close_connection = True
+            raise ShuttingDown("The proxy is shutting down; retry on a new connection.")
         if len(scope["headers"]) > MAX_REQUEST_HEADERS:
             raise HeadersTooLarge(f"The request has more than {MAX_REQUEST_HEADERS} header fields.")
         incoming = Incoming(
@@ -160,24 +170,45 @@ async def handle(state: ProxyState, scope: Scope, receive: Receive, send: Send) 
         ex.outcome = "client_disconnected"
     except asyncio.CancelledError:
         task = asyncio.current_task()
-        if not ex.client_gone or task is None:
+        if task is None or not (ex.client_gone or ex.shutdown):
             ex.outcome = "cancelled"
             raise
-        task.uncancel()  # our own watcher cancelled us: the client left, which is an outcome, not an error
-        ex.outcome = "completed" if ex.meter is not None and ex.meter.finished else "client_disconnected"
+        task.uncancel()  # our own watcher or the drain cancelled us: an outcome, not an error
         if ex.meter is not None:
             ex.meter.close()
+        if ex.client_gone:
+            ex.outcome = "completed" if ex.meter is not None and ex.meter.finished else "client_disconnected"
+        else:
+            ex.outcome = "shutdown"
+            await _end_for_shutdown(ex, send)
     except Exception:
         ex.outcome = "proxy_error"
         state.log.exception("request %s failed inside the proxy", ex.request_id)
         await _send_error(ex, send, ProxyError("The proxy failed while handling the request."))
     finally:
         ex.done = True
+        if me is not None:
+            state.drain.untrack(me)
         if watcher is not None:
             watcher.cancel()
         if response is not None:
             await up.close(response)
         finish(state, ex)
+
+
+async def _end_for_shutdown(ex: Exchange, send: Send) -> None:
+    """The grace period is over and this request is still running: say so in the client's dialect."""
+    exc = ShuttingDown("The proxy shut down before the response was complete.")
+    if not ex.response_started:
+        await _send_error(ex, send, exc)
+        return
+    if not ex.streaming or ex.route is None or ex.sink is None:
+        return  # a plain body: leaving it unfinished ends the response abnormally, never as a clean end
+    event = ex.dialect.stream_error(ex.route, exc)
+    if ex.sse and not ex.sink.at_boundary:
+        event = b"\n\n" + event
+    await ex.sink.write(event)
+    await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
 async def _watch(ex: Exchange, receive: Receive, task: asyncio.Task[Any] | None) -> None:
@@ -394,7 +425,8 @@ async def relay(
     )
     ex.response_started = True
 
-    sink = _ClientStream(ex, send, dialect.keepalive(route) if streaming else None)
+    sink = ex.sink = _ClientStream(ex, send, dialect.keepalive(route) if streaming else None)
+    ex.sse = sse
     emit = sink.write
     keepalive = state.keepalive if sink.keepalive is not None and state.keepalive.interval_s > 0 else None
     if keepalive is not None:

@@ -10,6 +10,7 @@ import httpx
 from proxy import headers as h
 from proxy.asgi_types import Scope
 from proxy.config import Config
+from proxy.drain import Drain
 from proxy.keepalive import KeepAlive
 from proxy.ledger import Ledger
 from proxy.observe import Observer
@@ -31,10 +32,12 @@ class ProxyState:
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("teeproxy"))
     observers: list[Observer] = field(default_factory=list)
     keepalive: KeepAlive = field(init=False)
+    drain: Drain = field(init=False)
     _models_bodies: dict[str, bytes] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.keepalive = KeepAlive(self.config.server.keepalive_ping_s)
+        self.drain = Drain()
 
     @property
     def metering(self) -> bool:
