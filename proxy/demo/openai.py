@@ -11,7 +11,7 @@ import itertools
 import time
 from typing import Any
 
-from proxy.demo.answer import Answer, BadRequest, Voice, encode, json_object
+from proxy.demo.answer import Answer, BadRequest, Voice, encode, json_object, output_limit
 from proxy.demo.server import Reply, Request
 
 _SSE_HEADERS = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache")]
@@ -51,7 +51,15 @@ class OpenAIDemo:
         model = str(payload.get("model", "gpt-4o-mini"))
         stream = payload.get("stream") is True
         prompt = payload.get("messages") or payload.get("prompt") or payload.get("input") or ""
-        answer = self._voice.answer(prompt)
+        try:
+            limit = output_limit(
+                payload.get("max_completion_tokens", payload.get("max_tokens", payload.get("max_output_tokens"))),
+                "max_tokens",
+            )
+        except BadRequest as exc:
+            await reply.send_json(exc.status, _error(exc.message))
+            return
+        answer = self._voice.answer(prompt, limit)
         if kind == "embeddings":
             await self._embeddings(reply, model, payload, answer)
         elif kind == "responses":
@@ -88,7 +96,7 @@ class OpenAIDemo:
             else:
                 choice = {"index": 0, "text": word, "finish_reason": None}
             await reply.write(chunk([choice]))
-        final: dict[str, Any] = {"index": 0, "finish_reason": "stop"}
+        final: dict[str, Any] = {"index": 0, "finish_reason": "length" if answer.cut else "stop"}
         if chat:
             final["delta"] = {}
         else:
@@ -101,7 +109,7 @@ class OpenAIDemo:
         await reply.end()
 
     async def _chat_json(self, reply: Reply, model: str, answer: Answer, chat: bool) -> None:
-        choice: dict[str, Any] = {"index": 0, "finish_reason": "stop"}
+        choice: dict[str, Any] = {"index": 0, "finish_reason": "length" if answer.cut else "stop"}
         if chat:
             choice["message"] = {"role": "assistant", "content": answer.text}
         else:
