@@ -469,10 +469,12 @@ async def relay(
             # A plain body cut short must not look complete: end the response abnormally (the server resets
             # the stream or closes the connection without the final chunk) instead of sending its end.
             raise failure
-    ex.done = True
+    # The end of the body waits until the client has taken it (HTTP/2 drains its buffer): a client that leaves
+    # meanwhile still cancels, and a finished meter still makes that a completed stream.
     await send({"type": "http.response.body", "body": b"", "more_body": False})
     if ex.trailers:
         await send({"type": "http.response.trailers", "headers": trailer_fields(state, ex), "more_trailers": False})
+    ex.done = True
 
 
 async def _pump(
