@@ -3,7 +3,7 @@
 Targets, each its own process tree on 127.0.0.1, all in front of one mock upstream (`bench.mock_upstream`):
 
     direct               the mock itself: the floor every other row is compared with
-    nginx                Debian's nginx with config/nginx/sse-proxy.conf, 1 worker
+    nginx                Debian's nginx with bench/nginx-sse.conf.template, 1 worker
     teeproxy-1w          `teeproxy serve --workers 1`, metering on
     teeproxy-2w          `teeproxy serve --workers 2`, metering on
     teeproxy-1w-nometer  `[metering] enabled = false`: the difference to teeproxy-1w is what metering costs

@@ -192,7 +192,7 @@ def nginx(workdir: pathlib.Path, upstream_port: int, workers: int) -> Target:
 
     def launch(target: Target) -> list[str]:
         values = {"workers": workers, "prefix": prefix, "upstream_port": upstream_port, "listen_port": target.port}
-        conf = (ROOT / "config" / "nginx" / "sse-proxy.conf").read_text()
+        conf = (ROOT / "bench" / "nginx-sse.conf.template").read_text()
         for name, value in values.items():
             conf = conf.replace("{" + name + "}", str(value))
         (prefix / "nginx.conf").write_text(conf)
