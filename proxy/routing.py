@@ -104,3 +104,32 @@ def demo_wanted(config: Config) -> bool:
     if not config.demo.when_no_keys:
         return False
     return not any(p.api_key_env and os.environ.get(p.api_key_env) for p in config.providers)
+
+
+def describe_upstreams(config: Config, demo_url: str | None) -> list[str]:
+    """One start-up log line per provider: where its requests go, and with which key (named, never shown).
+
+    Setting one provider's key turns the demo off for every provider (`demo_wanted`); these lines make that
+    visible, naming the providers left without a key and the variable that turned the demo off.
+    """
+    lines = []
+    set_keys = [p.api_key_env for p in config.providers if p.api_key_env and os.environ.get(p.api_key_env)]
+    for p in config.providers:
+        head = f"provider {p.name} ({p.dialect})"
+        if demo_url is not None:
+            lines.append(f"{head}: demo upstream at {demo_base_url(demo_url, p.dialect)} (no provider key is set)")
+            continue
+        if p.api_key_env is None:
+            key = "SigV4 from botocore's credential chain" if p.dialect == "bedrock" else "no key configured"
+        elif os.environ.get(p.api_key_env):
+            key = f"key from ${p.api_key_env}"
+        elif p.dialect == "bedrock":
+            key = f"${p.api_key_env} is not set: SigV4 from botocore's credential chain"
+        else:
+            key = f"${p.api_key_env} is not set: the provider will refuse its requests"
+        why = ""
+        if config.demo.when_no_keys and set_keys and (p.api_key_env is None or p.api_key_env not in set_keys):
+            names = ", ".join("$" + name for name in set_keys)
+            why = f"; the demo upstream is off because {names} {'is' if len(set_keys) == 1 else 'are'} set"
+        lines.append(f"{head}: {p.base_url.rstrip('/')}, {key}{why}")
+    return lines

@@ -297,3 +297,194 @@ def test_readme_tls_example_works_as_written(tmp_path: pathlib.Path) -> None:
         served.stop()
     [record] = SQLiteBackend(str(tmp_path / "ledger.db")).query(None, None)
     assert (record.provider, record.outcome, record.usage_status) == ("demo", "completed", "reported")
+
+
+# --- Issue 11: spend from the command line, and the newcomer defects (each test names the defect it pins). ---
+
+
+def _ledger_with(path: pathlib.Path, count: int) -> None:
+    from tests.test_spend import make_records
+
+    backend = SQLiteBackend(str(path))
+    backend.open()
+    backend.write(make_records(count))
+    backend.close()
+
+
+def test_usage_group_by_model_prints_a_table(tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    _ledger_with(tmp_path / "ledger.db", 300)
+    config = tmp_path / "c.toml"
+    config.write_text('[ledger]\npath = "ledger.db"\n')
+    assert main(["usage", "--config", str(config), "--group-by", "model", "--key", "bob", "--since", "2026-11-21"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == [
+        "model",
+        "requests",
+        "input",
+        "cached",
+        "cache_write",
+        "output",
+        "reasoning",
+        "cost_usd",
+        "unpriced",
+    ]
+    rows = {line.split()[0]: line.split()[1:] for line in lines[1:-2]}
+    assert set(rows) == {"claude-haiku-4-5", "gemini-2.5-flash", "gpt-4o-mini"}
+    assert set(lines[-2]) == {"-", " "} and lines[-1].split()[0] == "total"
+    assert sum(int(row[0]) for row in rows.values()) == int(lines[-1].split()[1])
+    # The same report as the admin endpoint's JSON and CSV.
+    assert main(["usage", "--config", str(config), "--group-by", "model", "--key", "bob", "--json"]) == 0
+    body = json.loads(capsys.readouterr().out)
+    assert body["group_by"] == ["model"] and body["where"] == {"key": "bob"} and len(body["rows"]) == 3
+    assert main(["usage", "--config", str(config), "--group-by", "day,provider", "--csv"]) == 0
+    assert capsys.readouterr().out.splitlines()[0].startswith("day,provider,requests,input_tokens,")
+    assert main(["usage", "--config", str(config), "--group-by", "week"]) == 2
+    assert "unknown group 'week'" in capsys.readouterr().err
+
+
+def test_usage_filters_narrow_the_record_listing(tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    _ledger_with(tmp_path / "ledger.db", 40)
+    config = tmp_path / "c.toml"
+    config.write_text('[ledger]\npath = "ledger.db"\n')
+    argv = ["usage", "--config", str(config), "--json", "--model", "gpt-4o-mini", "--until", "2026-11-22"]
+    assert main(argv) == 0
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert records and all(r["model"] == "gpt-4o-mini" and r["time"] < "2026-11-22" for r in records)
+    assert main(["usage", "--config", str(config), "--since", "soon"]) == 2
+    assert "since: not an ISO 8601 time: 'soon'" in capsys.readouterr().err
+
+
+def run_cli(*args: str, cwd: pathlib.Path, shell: bool = False) -> subprocess.CompletedProcess[str]:
+    """`python -m proxy ...` in another process and folder, as a user runs it; with `shell`, `args[0]` is a bash
+    command line whose `teeproxy` is this checkout's."""
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY") and k != "TEEPROXY_CONFIG"}
+    env["PYTHONPATH"] = str(ROOT)
+    if shell:
+        command = args[0].replace("teeproxy", f"{sys.executable} -m proxy", 1)
+        return subprocess.run(["bash", "-c", command], cwd=cwd, env=env, capture_output=True, text=True, timeout=60)
+    argv = [sys.executable, "-m", "proxy", *args]
+    return subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=60)
+
+
+def test_ledger_path_is_relative_to_the_config_file(tmp_path: pathlib.Path) -> None:
+    """Defect: `teeproxy usage --config /abs/path.toml` from another folder looked for the ledger in the current
+    folder, made an empty database there, and crashed."""
+    (tmp_path / "conf" / "data").mkdir(parents=True)
+    (tmp_path / "elsewhere").mkdir()
+    config = tmp_path / "conf" / "teeproxy.toml"
+    config.write_text('[ledger]\npath = "data/ledger.db"\n')
+    _ledger_with(tmp_path / "conf" / "data" / "ledger.db", 5)
+    assert load_config(config).ledger.path == str(tmp_path / "conf" / "data" / "ledger.db")
+    out = run_cli("usage", "--config", str(config), "--json", cwd=tmp_path / "elsewhere")
+    assert out.returncode == 0, out.stderr
+    assert len(out.stdout.splitlines()) == 5
+    assert list((tmp_path / "elsewhere").iterdir()) == []
+
+
+def test_usage_without_a_ledger_says_so_and_creates_nothing(tmp_path: pathlib.Path) -> None:
+    """Defect: a usage query on a ledger that did not exist made an empty one, then crashed on its missing table.
+    A ledger left in the current folder by the old path rule is pointed at."""
+    config = tmp_path / "conf" / "teeproxy.toml"
+    config.parent.mkdir()
+    config.write_text('[ledger]\npath = "teeproxy-ledger.db"\n')
+    out = run_cli("usage", "--config", str(config), cwd=tmp_path)
+    assert out.returncode == 2
+    assert out.stderr.startswith(f"teeproxy usage: no ledger at {config.parent / 'teeproxy-ledger.db'}: ")
+    assert "Traceback" not in out.stderr and out.stdout == ""
+    assert not (config.parent / "teeproxy-ledger.db").exists() and not (tmp_path / "teeproxy-ledger.db").exists()
+    _ledger_with(tmp_path / "teeproxy-ledger.db", 1)
+    out = run_cli("usage", "--config", str(config), cwd=tmp_path)
+    assert out.returncode == 2 and f"there is a ledger at {tmp_path / 'teeproxy-ledger.db'}" in out.stderr
+
+
+def test_usage_piped_into_head_ends_quietly(tmp_path: pathlib.Path) -> None:
+    """Defect: `teeproxy usage | head` ended in a BrokenPipeError traceback. 1,000 records are ~170 KB, more
+    than a pipe holds, so head is gone while the listing is still being written."""
+    _ledger_with(tmp_path / "ledger.db", 1000)
+    (tmp_path / "c.toml").write_text('[ledger]\npath = "ledger.db"\n')
+    out = run_cli("set -o pipefail; teeproxy usage --config c.toml | head -n 3", cwd=tmp_path, shell=True)
+    assert out.stderr == ""
+    assert len(out.stdout.splitlines()) == 3
+    assert out.returncode == 141  # as any Unix tool whose reader went away, under pipefail; 0 without it
+
+
+def test_a_busy_port_is_one_line_and_a_nonzero_exit(tmp_path: pathlib.Path) -> None:
+    """Defect: a taken port printed a 30-line traceback, after starting the demo upstream."""
+    config = tmp_path / "teeproxy.toml"
+    text = (ROOT / "config" / "teeproxy.toml").read_text()
+    config.write_text(text.replace('path = "teeproxy-ledger.db"', f'path = "{tmp_path / "ledger.db"}"'))
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        for workers in ("1", "2"):
+            out = run_cli(
+                "serve", "--config", str(config), "--bind", f"127.0.0.1:{port}", "--workers", workers, cwd=tmp_path
+            )
+            assert out.returncode == 1
+            [line] = out.stderr.splitlines()
+            assert line.startswith(f"teeproxy: cannot listen on 127.0.0.1:{port}: Address already in use")
+    assert not (tmp_path / "ledger.db").exists()  # nothing started
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit:
+        main(["--version"])
+    assert exit.value.code == 0
+    assert re.fullmatch(r"teeproxy \d+\.\d+\.\d+\S*\n", capsys.readouterr().out)
+
+
+def test_the_venv_has_the_teeproxy_command(tmp_path: pathlib.Path) -> None:
+    """Defect: `teeproxy keys new` as the README wrote it was "command not found": the command lives in the
+    venv that `make run` makes, as .venv/bin/teeproxy. It runs from any folder."""
+    command = pathlib.Path(sys.executable).parent / "teeproxy"
+    assert command.is_file(), "pip install -e . puts the teeproxy command beside the venv's python"
+    out = subprocess.run([str(command), "--version"], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert out.returncode == 0 and out.stdout.startswith("teeproxy ")
+    out = subprocess.run([str(command), "keys", "new", "bob"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and 'name = "bob"' in out.stdout
+
+
+def test_keys_new_admin_prints_the_admin_block(capsys: pytest.CaptureFixture[str]) -> None:
+    from proxy.spend import check_admin_key
+
+    assert main(["keys", "new", "--admin"]) == 0
+    out = capsys.readouterr().out
+    key = re.search(r"^(tp-\S+)$", out, re.M)
+    assert key is not None
+    config = parse_config(out[out.index("[admin]") :])
+    check_admin_key({"authorization": f"Bearer {key.group(1)}"}, config)
+    assert main(["keys", "new"]) == 2
+    assert "give a NAME" in capsys.readouterr().err
+
+
+def test_describe_upstreams_says_which_upstream_each_provider_uses(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Defect: setting one provider key silently turned the demo off for every provider. Start-up now says, one
+    line per provider, where its requests go and why."""
+    from proxy.routing import demo_wanted, describe_upstreams
+
+    config = load_config(ROOT / "config" / "teeproxy.toml")
+    for name in ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", "GEMINI_API_KEY", "BEDROCK_API_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    assert demo_wanted(config)
+    demo = describe_upstreams(config, "http://127.0.0.1:5555")
+    assert demo == [
+        "provider openai (openai): demo upstream at http://127.0.0.1:5555/v1 (no provider key is set)",
+        "provider anthropic (anthropic): demo upstream at http://127.0.0.1:5555 (no provider key is set)",
+        "provider google (gemini): demo upstream at http://127.0.0.1:5555 (no provider key is set)",
+        "provider bedrock (bedrock): demo upstream at http://127.0.0.1:5555 (no provider key is set)",
+    ]
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-secret-value")
+    assert not demo_wanted(config)
+    real = describe_upstreams(config, None)
+    assert real[0] == "provider openai (openai): https://api.openai.com/v1, key from $OPENAI_API_KEY"
+    assert real[1] == (
+        "provider anthropic (anthropic): https://api.anthropic.com, $ANTHROPIC_API_KEY is not set: the provider "
+        "will refuse its requests; the demo upstream is off because $OPENAI_API_KEY is set"
+    )
+    assert "SigV4 from botocore's credential chain" in real[3]
+    assert not any("sk-secret-value" in line for line in real)
