@@ -1,19 +1,32 @@
 """The raw ASGI callable: the hot path goes straight to `forward.handle`; a few admin paths to starlette.
 
-Lifespan owns the shared resources: the one upstream client, the ledger (flushed on shutdown), and the demo
-upstream when it serves.
+Admin paths: `/healthz`, `/metrics`, `/admin` and everything under `/admin/` (proxy.admin). Every other path is
+the hot path, checked with one set lookup and one prefix test.
+
+Lifespan owns the shared resources: the one upstream client, the ledger (flushed on shutdown), the demo
+upstream when it serves, and the observers that hear about every request (proxy.observe): metrics always, the
+live view's publisher always, the access log when `[log] access` is on.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+import os
+import shutil
+import tempfile
 
 from proxy import forward
+from proxy.access_log import AccessLog
 from proxy.admin import build_admin
 from proxy.asgi_types import Receive, Scope, Send
 from proxy.config import Config
 from proxy.demo import DemoUpstream
 from proxy.ledger import open_ledger
+from proxy.live import LIVE_DIR_ENV, LivePublisher
+from proxy.metrics import SAMPLE_INTERVAL_S, Metrics
+from proxy.observe import Observer
 from proxy.pricing import Pricer
 from proxy.routing import KeyRing, Router, demo_wanted
 from proxy.state import ProxyState
@@ -21,7 +34,8 @@ from proxy.upstream import make_client
 
 log = logging.getLogger("teeproxy")
 
-ADMIN_PATHS = frozenset({"/healthz"})
+ADMIN_PATHS = frozenset({"/healthz", "/metrics", "/admin"})
+ADMIN_PREFIX = "/admin/"
 
 
 class TeeProxy:
@@ -29,12 +43,23 @@ class TeeProxy:
         self.config = config
         self.http11_trailers = http11_trailers
         self.state: ProxyState | None = None
-        self.admin = build_admin()
+        self.metrics = Metrics()
+        # Where this run's workers publish live events: $TEEPROXY_LIVE_DIR (N workers, made by proxy.serving),
+        # else a directory of this app's own, made at start-up.
+        self.live_dir: str | None = None
+        self._own_live_dir = False
+        # Set when the server begins to stop: long-lived admin streams (the live view) end at once, so the
+        # graceful shutdown waits only for real requests.
+        self.stopping = asyncio.Event()
+        self.admin = build_admin(self)
         self._demo: DemoUpstream | None = None
+        self._closers: list[AccessLog | LivePublisher] = []
+        self._sampler: asyncio.Task[None] | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            if scope["path"] in ADMIN_PATHS or self.state is None:
+            path = scope["path"]
+            if path in ADMIN_PATHS or path.startswith(ADMIN_PREFIX) or self.state is None:
                 await self.admin(scope, receive, send)
             else:
                 await forward.handle(self.state, scope, receive, send)
@@ -60,13 +85,57 @@ class TeeProxy:
             ledger=ledger,
             pricer=Pricer(self.config.prices),
             http11_trailers=self.http11_trailers,
+            observers=self._observers(),
         )
+        self._sampler = asyncio.get_running_loop().create_task(self._sample_forever(), name="metrics-sampler")
+
+    def _observers(self) -> list[Observer]:
+        self.stopping.clear()
+        self.live_dir = os.environ.get(LIVE_DIR_ENV)
+        if self.live_dir is None:
+            self.live_dir = tempfile.mkdtemp(prefix="teeproxy-live-")
+            self._own_live_dir = True
+        publisher = LivePublisher(self.live_dir)
+        observers: list[Observer] = [self.metrics, publisher]
+        self._closers = [publisher]
+        if self.config.log.access:
+            access = AccessLog(self.config.log.access_path)
+            observers.append(access)
+            self._closers.append(access)
+        return observers
+
+    async def _sample_forever(self) -> None:
+        """This worker's ledger queue into the metrics: other workers serve scrapes too, and read it from there."""
+        while True:
+            self.metrics.sample(self.state.ledger if self.state is not None else None)
+            await asyncio.sleep(SAMPLE_INTERVAL_S)
+
+    def begin_shutdown(self) -> None:
+        """A stop signal (proxy.serving): end the live view's streams now, and drain the proxied requests
+        (proxy.drain): the first call starts the grace period, a later one ends what is left at once."""
+        self.stopping.set()
+        if self.state is not None:
+            self.state.drain.begin(self.config.server.graceful_timeout_s)
 
     async def shutdown(self) -> None:
+        self.stopping.set()
+        if self._sampler is not None:
+            self._sampler.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sampler
+            self._sampler = None
         state, self.state = self.state, None
         if state is not None:
             await state.client.aclose()
             await state.ledger.aclose()
+            self.metrics.sample(state.ledger)
+        for closer in self._closers:
+            closer.close()
+        self._closers = []
+        self.metrics.close()
+        if self._own_live_dir and self.live_dir is not None:
+            shutil.rmtree(self.live_dir, ignore_errors=True)
+        self.live_dir, self._own_live_dir = None, False
         if self._demo is not None:
             await self._demo.server.aclose()
 

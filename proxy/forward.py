@@ -26,6 +26,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 import httpx
@@ -584,9 +585,26 @@ def finish(state: ProxyState, ex: Exchange) -> None:
     except Exception:  # a pricing or parsing bug must not lose the record
         state.log.exception("usage figures failed for %s", ex.request_id)
         usage, usage_status, cost, cost_status = None, "unparsed", None, "unpriced"
-    u = usage or Usage()
-    now = time.perf_counter()
-    record = LedgerRecord(
+    record = _record(ex, usage or Usage(), usage_status, cost, cost_status)
+    state.ledger.submit(record)
+    if state.observers:
+        finished = Finished(
+            record=record,
+            dialect=ex.dialect.name,
+            attempts=ex.attempts,
+            ttfb_s=ex.first_byte_at - ex.started_at if ex.first_byte_at is not None else None,
+            max_gap_s=ex.max_gap_s,
+            streaming=ex.streaming,
+        )
+        for observer in state.observers:
+            try:
+                observer.request_finished(finished)
+            except Exception:
+                state.log.exception("observer %r failed", observer)
+
+
+def _record(ex: Exchange, u: Usage, usage_status: str, cost: Decimal | None, cost_status: str) -> LedgerRecord:
+    return LedgerRecord(
         request_id=ex.request_id,
         time=utc_iso(ex.started_wall),
         key_name=ex.key_name,
@@ -605,28 +623,15 @@ def finish(state: ProxyState, ex: Exchange) -> None:
         cost_status=cost_status,
         raw_usage=u.raw or None,
         ttfb_ms=(ex.first_byte_at - ex.started_at) * 1000 if ex.first_byte_at is not None else None,
-        duration_ms=(now - ex.started_at) * 1000,
+        duration_ms=(time.perf_counter() - ex.started_at) * 1000,
         bytes_to_client=ex.bytes_to_client,
         attempts=ex.attempts,
     )
-    state.ledger.submit(record)
-    if state.observers:
-        finished = Finished(
-            record=record,
-            dialect=ex.dialect.name,
-            attempts=ex.attempts,
-            ttfb_s=ex.first_byte_at - ex.started_at if ex.first_byte_at is not None else None,
-            max_gap_s=ex.max_gap_s,
-            streaming=ex.streaming,
-        )
-        for observer in state.observers:
-            try:
-                observer.request_finished(finished)
-            except Exception:
-                state.log.exception("observer %r failed", observer)
 
 
 def _tell_started(state: ProxyState, ex: Exchange) -> None:
+    # The journal first: from here on the request leaves a record even if the process is killed.
+    state.ledger.started(_record(ex, Usage(), "missing", None, "unpriced"))
     if not state.observers:
         return
     assert ex.upstream is not None and ex.model is not None

@@ -24,11 +24,14 @@ import logging
 import os
 import sqlite3
 import urllib.parse
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any, ClassVar, Protocol
 
 import msgspec
+
+from proxy import journal
+from proxy.journal import Journal
 
 log = logging.getLogger("teeproxy.ledger")
 
@@ -183,6 +186,20 @@ class SQLiteBackend:
     def __init__(self, path: str) -> None:
         self.path = path
         self._conn: sqlite3.Connection | None = None
+        self._inode = 0
+
+    def _reopen_if_replaced(self) -> None:
+        """A ledger file deleted (or moved away) at run time: SQLite would write on into the unlinked file and
+        every later record would be lost where no one looks. Start a new file at the configured path instead."""
+        try:
+            same = os.stat(self.path).st_ino == self._inode
+        except FileNotFoundError:
+            same = False
+        if not same:
+            log.error("the ledger file %s was deleted or replaced at run time; starting a new one there", self.path)
+            assert self._conn is not None
+            self._conn.close()
+            self.open()
 
     def open(self) -> None:
         # The writer uses one connection from worker threads, one batch at a time.
@@ -201,9 +218,11 @@ class SQLiteBackend:
                 )
         conn.commit()
         self._conn = conn
+        self._inode = os.stat(self.path).st_ino
 
     def write(self, records: list[LedgerRecord]) -> None:
         assert self._conn is not None
+        self._reopen_if_replaced()
         marks = ", ".join("?" for _ in FIELDS)
         with self._conn:
             self._conn.executemany(
@@ -331,9 +350,16 @@ def open_backend(path: str | None, url: str | None) -> Backend:
 
 
 class Ledger:
+    """Records in, durably: each one first goes to this worker's journal (proxy.journal: a SIGKILL loses none),
+    then to the database in batches off the hot path, retried until written; at shutdown whatever the database
+    still refuses goes to the fsynced spill file."""
+
     def __init__(self, backend: Backend, spill_path: str = "teeproxy-ledger.spill.jsonl") -> None:
         self.backend = backend
         self.spill_path = spill_path
+        self.journal_stem = spill_path.removesuffix(".spill.jsonl")
+        self._journal: Journal | None = None
+        self.recovered = 0  # records recovered from the journals of processes that died
         self._queue: asyncio.Queue[LedgerRecord] = asyncio.Queue()
         self._writer: asyncio.Task[None] | None = None
         self._inflight: list[LedgerRecord] = []
@@ -347,12 +373,25 @@ class Ledger:
 
     async def start(self) -> None:
         await asyncio.to_thread(self.backend.open)
+        self.recovered = await asyncio.to_thread(recover_files, self.backend, self.spill_path)
+        if self.recovered:
+            log.warning(
+                "recovered %d ledger records from journals of stopped processes and spill files", self.recovered
+            )
+        self._journal = journal.Journal(self.journal_stem)
         self._writer = asyncio.get_running_loop().create_task(self._write_forever(), name="ledger-writer")
+
+    def started(self, stub: LedgerRecord) -> None:
+        """A request was sent upstream: from now on it leaves a record even if the process is killed."""
+        if self._journal is not None:
+            self._journal.started(stub)
 
     def submit(self, record: LedgerRecord) -> None:
         if self._closed:  # a request that outlived shutdown (cancelled after the graceful timeout)
             self._spill([record])
             return
+        if self._journal is not None:
+            self._journal.finished(record)
         self._queue.put_nowait(record)  # unbounded: a slow disk delays records, it never drops them
 
     async def flush(self) -> None:
@@ -374,6 +413,9 @@ class Ledger:
         left = self._inflight + [self._queue.get_nowait() for _ in range(self._queue.qsize())]
         if left:
             self._spill(left)
+        if self._journal is not None:
+            self._journal.close(remove=True)  # everything it held is in the database or the spill file
+            self._journal = None
         await asyncio.to_thread(self.backend.close)
 
     def _spill(self, records: list[LedgerRecord]) -> None:
@@ -401,6 +443,8 @@ class Ledger:
             self._inflight = batch
             await self._write(batch)
             self._inflight = []
+            if self._journal is not None:
+                self._journal.committed(len(batch))
             for _ in batch:
                 self._queue.task_done()
 
@@ -418,8 +462,51 @@ class Ledger:
                 await asyncio.sleep(delay)
 
 
+def _known_to(backend: Backend) -> Callable[[LedgerRecord], bool]:
+    def known(record: LedgerRecord) -> bool:
+        return any(r.time == record.time for r in backend.query(record.request_id, None))
+
+    return known
+
+
+def recover_files(backend: Backend, spill_path: str) -> int:
+    """Write to the database what is only on disk beside it: the journals of processes that stopped without
+    closing the ledger (killed, crashed) and the spill file. Records already in the database are skipped (same
+    request id and time); the files are removed (the spill file renamed `.recovered`). Returns the records
+    written."""
+    known = _known_to(backend)
+    count = journal.recover(spill_path.removesuffix(".spill.jsonl"), LedgerRecord, known, backend.write)
+    if os.path.exists(spill_path):
+        decode = msgspec.json.Decoder(LedgerRecord).decode
+        with open(spill_path, "rb") as file:
+            spilled = []
+            for line in file:
+                try:
+                    spilled.append(decode(line))
+                except (ValueError, RecursionError):
+                    continue
+        fresh = [r for r in spilled if not known(r)]
+        if fresh:
+            backend.write(fresh)
+            count += len(fresh)
+        os.replace(spill_path, spill_path + ".recovered")
+    return count
+
+
+def unrecovered(spill_path: str) -> tuple[int, int]:
+    """(journals of stopped processes, records in the spill file): what is on disk and not yet in the database."""
+    journals = len(journal.orphaned_journals(spill_path.removesuffix(".spill.jsonl")))
+    spilled = 0
+    if os.path.exists(spill_path):
+        with open(spill_path, "rb") as file:
+            spilled = sum(1 for line in file if line.strip())
+    return journals, spilled
+
+
+def spill_path_for(path: str | None, url: str | None) -> str:
+    return (path or "teeproxy-ledger.db") + ".spill.jsonl" if url is None else "teeproxy-ledger.spill.jsonl"
+
+
 def open_ledger(path: str | None, url: str | None, spill_path: str | None = None) -> Ledger:
     """The ledger for `[ledger]`; unwritten records spill next to the SQLite file, or to ./ for PostgreSQL."""
-    if spill_path is None:
-        spill_path = (path or "teeproxy-ledger.db") + ".spill.jsonl" if url is None else "teeproxy-ledger.spill.jsonl"
-    return Ledger(open_backend(path, url), spill_path)
+    return Ledger(open_backend(path, url), spill_path or spill_path_for(path, url))

@@ -19,7 +19,15 @@ from typing import Any, TextIO
 
 import msgspec
 
-from proxy.ledger import FIELDS, LedgerRecord, LedgerUnavailable, open_backend
+from proxy.ledger import (
+    FIELDS,
+    LedgerRecord,
+    LedgerUnavailable,
+    open_backend,
+    recover_files,
+    spill_path_for,
+    unrecovered,
+)
 from proxy.spend import GROUPS, SpendQuery, SpendReport, Totals, make_filter, parse_group_by, plain_decimal, spend
 
 _COLUMNS = (
@@ -53,6 +61,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     output = parser.add_mutually_exclusive_group()
     output.add_argument("--json", action="store_true", help="JSON (records: one object per line)")
     output.add_argument("--csv", action="store_true", help="CSV with a header line")
+    parser.add_argument(
+        "--recover",
+        action="store_true",
+        help="first write to the ledger what only the journals of stopped workers and the spill file hold",
+    )
 
 
 def run(args: argparse.Namespace, path: str | None, url: str | None) -> int:
@@ -70,6 +83,14 @@ def run(args: argparse.Namespace, path: str | None, url: str | None) -> int:
         )
         group_by = None if (groups := option("group_by")) is None else parse_group_by([groups])
         backend = open_backend(path, url)
+        spill = spill_path_for(path, url)
+        if option("recover"):
+            backend.open()
+            try:
+                recovered = recover_files(backend, spill)
+            finally:
+                backend.close()
+            print(f"teeproxy usage: recovered {recovered} records into the ledger", file=sys.stderr)
         if group_by is not None:
             report = spend(backend, SpendQuery(where=where, group_by=group_by))
         else:
@@ -99,7 +120,25 @@ def run(args: argparse.Namespace, path: str | None, url: str | None) -> int:
         writer.writerows([_csv_cell(getattr(record, name)) for name in FIELDS] for record in records)
     else:
         _write_records_table(records, out)
+    _warn_unrecovered(spill)
     return 0
+
+
+def _warn_unrecovered(spill: str) -> None:
+    """Records on disk beside the ledger and not in it: say so, and how to get them in."""
+    journals, spilled = unrecovered(spill)
+    if journals:
+        print(
+            f"teeproxy usage: {journals} journal(s) of stopped workers hold records not yet in the ledger; the next "
+            "`teeproxy serve`, or `teeproxy usage --recover`, writes them",
+            file=sys.stderr,
+        )
+    if spilled:
+        print(
+            f"teeproxy usage: {spilled} records are in the spill file {spill} (the database was unreachable at "
+            "shutdown); the next `teeproxy serve`, or `teeproxy usage --recover`, writes them",
+            file=sys.stderr,
+        )
 
 
 def moved_ledger_hint(path: str | None) -> str:

@@ -55,8 +55,10 @@ def test_streams_past_the_grace_period_end_with_an_error_event_and_a_record(stac
         bodies = [f.result() for f in futures]
     for body in bodies:
         assert body.startswith(CHUNK)
-        assert body.endswith(b'data: {"error":{"message":"The proxy shut down before the response was complete.",'
-                             b'"type":"server_error","param":null,"code":"shutting_down"}}\n\n')
+        assert body.endswith(
+            b'data: {"error":{"message":"The proxy shut down before the response was complete.",'
+            b'"type":"server_error","param":null,"code":"shutting_down"}}\n\n'
+        )
     records = stack.records(at_least=4)
     assert [r.outcome for r in records] == ["shutdown"] * 4
 
@@ -78,7 +80,8 @@ def test_a_stream_that_finishes_within_the_grace_period_completes(stack: Stack) 
 
 def test_anthropic_sdk_raises_on_the_shutdown_event(stack: Stack, shared_fixtures: pathlib.Path) -> None:
     messages = (shared_fixtures / "anthropic/messages_tool_use.sse").read_bytes()
-    stack.upstream.script = Script(body=messages, chunk_sizes=[200], pause_s=0.3)
+    frames = [len(f) + 2 for f in messages.split(b"\n\n")[:-1]]  # whole frames: the error event follows one
+    stack.upstream.script = Script(body=messages, chunk_sizes=frames, pause_s=0.3)
 
     def run() -> None:
         with anthropic.Anthropic(base_url=stack.url, api_key=CLIENT_KEY, max_retries=0) as client:
@@ -125,17 +128,15 @@ def serve(tmp_path: pathlib.Path, workers: int, grace_s: float) -> tuple[subproc
     port = free_port()
     text = (ROOT / "config" / "teeproxy.toml").read_text()
     text = text.replace('path = "teeproxy-ledger.db"', f'path = "{tmp_path / "ledger.db"}"')
-    text = text.replace("tokens_per_s = 40", "tokens_per_s = 20")
+    text = text.replace("tokens_per_s = 40", "tokens_per_s = 5")
     text = text.replace("[server]\n", f"[server]\ngraceful_timeout_s = {grace_s}\n", 1)
     (tmp_path / "teeproxy.toml").write_text(text)
     env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
     env["PYTHONPATH"] = str(ROOT)
-    log = open(tmp_path / "serve.log", "wb")  # noqa: SIM115 - the child writes it until it exits
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "proxy", "serve", "--config", str(tmp_path / "teeproxy.toml"),
-         "--bind", f"127.0.0.1:{port}", "--workers", str(workers)],
-        cwd=tmp_path, env=env, stdout=log, stderr=log, start_new_session=True,
-    )  # fmt: skip
+    command = [sys.executable, "-m", "proxy", "serve", "--config", str(tmp_path / "teeproxy.toml")]
+    command += ["--bind", f"127.0.0.1:{port}", "--workers", str(workers)]
+    with open(tmp_path / "serve.log", "wb") as log:
+        proc = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=log, stderr=log, start_new_session=True)
     deadline = time.monotonic() + 20
     while True:
         try:
@@ -150,8 +151,11 @@ def stream(port: int, words: int) -> tuple[str, bytes]:
     body = {**REQUEST, "max_tokens": words}
     try:
         with httpx.stream(
-            "POST", f"http://127.0.0.1:{port}/v1/chat/completions", json=body, headers={
-                "authorization": "Bearer tp-demo-key"}, timeout=30
+            "POST",
+            f"http://127.0.0.1:{port}/v1/chat/completions",
+            json=body,
+            headers={"authorization": "Bearer tp-demo-key"},
+            timeout=30,
         ) as reply:
             return "ok", b"".join(reply.iter_raw())
     except httpx.HTTPError as exc:
@@ -163,7 +167,7 @@ def test_sigterm_drains_refuses_new_connections_and_loses_no_record(tmp_path: pa
     proc, port = serve(tmp_path, workers, grace_s=1.5)
     try:
         with concurrent.futures.ThreadPoolExecutor(24) as pool:
-            # 12 streams that outlive the grace period (the demo's whole text at 20 tokens/s), 12 that end within it.
+            # 12 streams that outlive the grace period (the demo's whole text at 5 tokens/s), 12 that end within it.
             futures = [pool.submit(stream, port, 1000 if i % 2 else 5) for i in range(24)]
             time.sleep(0.5)
             os.kill(proc.pid, signal.SIGTERM)

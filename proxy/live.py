@@ -1,0 +1,275 @@
+"""The live view's events, across every worker process: published by each, tailed by whichever serves them.
+
+`GET /admin/live` is a server-sent event stream of typed events, one JSON object each:
+
+    request_started    a request was sent upstream: request_id, time, key_name, provider, dialect, model, endpoint
+    usage              it ended, with its usage and cost (the ledger record's figures)
+    error              it ended with an outcome other than "completed"
+    request_finished   it ended: the access log's line (proxy.access_log.AccessLine)
+
+Each carries `worker` (the process id) and `t` (Unix seconds, when it happened). A new subscriber first gets
+`hello` (`{"t": <the server's time>}`, so a browser with a skewed clock still draws the right minute), then the
+events of the last hour that are still on file (`?since=T` for those from T on, as the page asks when it
+reconnects), then every new one as it is written.
+
+Mechanism: a directory per server run (`$TEEPROXY_LIVE_DIR`, made by `proxy.serving` for N workers, or by the
+app for itself), in which each worker appends its events to `<pid>.jsonl`, and a subscriber's stream tails
+every file there, polling every `POLL_INTERVAL_S`. Why files rather than datagrams between workers or a
+broker: it needs no other service and no worker has to know its peers; the recent past is kept for free, so
+the page opens with the last hour's requests and spend instead of a blank chart; a subscriber that stalls
+costs the publishers nothing (a socket fan-out would have to buffer for it or drop); and publishing is two
+`write()`s per request (when it starts, when it ends; about a kilobyte) into the page cache, some 10 µs, with
+no subscriber bookkeeping on the hot path. Each file is bounded: past `MAX_FILE_BYTES` it is renamed to
+`<pid>.jsonl.1` (replacing the previous one) and a fresh one started, so a worker keeps at most twice that, and
+the history a new subscriber sees is the last hour or the last few thousand requests per worker, whichever is
+shorter. A tail that slept through two rotations of one file would miss the middle one: at one poll per
+`POLL_INTERVAL_S` that takes some 8,000 requests per second from a single worker. The live view is a view: the
+ledger is the record.
+
+A line on file is `<t> <event type> <json>\\n`: the tailer passes the JSON through as the SSE `data:` without
+decoding it, and reads only `t` to filter the history.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import AsyncIterator
+from typing import Any, BinaryIO
+
+import msgspec
+
+from proxy.access_log import access_line
+from proxy.observe import Finished, Started
+
+log = logging.getLogger("teeproxy")
+
+LIVE_DIR_ENV = "TEEPROXY_LIVE_DIR"
+# Per worker file, before it rotates: ~1.2 KiB per request, so about 1,700 requests in each of two files.
+MAX_FILE_BYTES = 2 * 1024 * 1024
+POLL_INTERVAL_S = 0.2
+HISTORY_S = 3600.0
+# An SSE comment this often while nothing happens, so idle connections stay open through other proxies.
+KEEPALIVE_S = 15.0
+# How long a browser waits before reconnecting (the SSE `retry:` field).
+RETRY_MS = 1000
+SUFFIX = ".jsonl"
+
+_encode = msgspec.json.Encoder().encode
+
+
+class LivePublisher:
+    """An `Observer` appending this worker's events to its file in the run's live directory."""
+
+    def __init__(self, directory: str, max_file_bytes: int = MAX_FILE_BYTES) -> None:
+        self.worker = os.getpid()
+        self.path = os.path.join(directory, f"{self.worker}{SUFFIX}")
+        self.max_file_bytes = max_file_bytes
+        self._fd = self._open()
+        self._size = os.fstat(self._fd).st_size
+        self._failed = False
+
+    def _open(self) -> int:
+        return os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+
+    def request_started(self, event: Started) -> None:
+        now = round(time.time(), 3)
+        data = {
+            "request_id": event.request_id,
+            "key_name": event.key_name,
+            "provider": event.provider,
+            "dialect": event.dialect,
+            "model": event.model,
+            "endpoint": event.endpoint,
+        }
+        self._write(self._line(now, b"request_started", data))
+
+    def request_finished(self, event: Finished) -> None:
+        now = round(time.time(), 3)
+        r = event.record
+        usage = {
+            "request_id": r.request_id,
+            "time": r.time,
+            "key_name": r.key_name,
+            "provider": r.provider,
+            "model": r.model,
+            "input_tokens": r.input_tokens,
+            "cached_tokens": r.cached_tokens,
+            "cache_write_tokens": r.cache_write_tokens,
+            "output_tokens": r.output_tokens,
+            "reasoning_tokens": r.reasoning_tokens,
+            "usage_status": r.usage_status,
+            "cost_usd": r.cost,
+            "cost_status": r.cost_status,
+        }
+        lines = [self._line(now, b"usage", usage)]
+        if r.outcome != "completed":
+            error = {
+                "request_id": r.request_id,
+                "time": r.time,
+                "provider": r.provider,
+                "model": r.model,
+                "endpoint": r.endpoint,
+                "outcome": r.outcome,
+                "http_status": r.http_status,
+            }
+            lines.append(self._line(now, b"error", error))
+        lines.append(self._line(now, b"request_finished", msgspec.structs.asdict(access_line(event))))
+        self._write(b"".join(lines))
+
+    def _line(self, now: float, kind: bytes, data: dict[str, Any]) -> bytes:
+        data["worker"] = self.worker
+        data["t"] = now
+        return b"%.3f %s %s\n" % (now, kind, _encode(data))
+
+    def _write(self, data: bytes) -> None:
+        try:
+            if self._size and self._size + len(data) > self.max_file_bytes:
+                self._rotate()
+            os.write(self._fd, data)
+            self._size += len(data)
+        except OSError as exc:
+            if not self._failed:  # once, not once per request
+                log.error("live view: cannot write %s: %s", self.path, exc)
+                self._failed = True
+
+    def _rotate(self) -> None:
+        os.replace(self.path, self.path + ".1")
+        os.close(self._fd)
+        self._fd = self._open()
+        self._size = 0
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            os.close(self._fd)
+
+
+class _Follow:
+    """One worker's file, read from where the last read ended; switches to the new file when it rotates."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.file: BinaryIO | None = None
+        self.inode = -1
+        self.pending = b""
+        self._reopen()
+
+    def _reopen(self) -> None:
+        if self.file is not None:
+            self.file.close()
+        try:
+            self.file = open(self.path, "rb")  # kept open across reads: closed by close()
+        except FileNotFoundError:  # between a rotation's rename and the new file's creation
+            self.file, self.inode = None, -1
+            return
+        self.inode = os.fstat(self.file.fileno()).st_ino
+
+    def read(self) -> bytes:
+        data = self.file.read() if self.file is not None else b""
+        try:
+            current = os.stat(self.path).st_ino
+        except FileNotFoundError:
+            current = -1
+        if current != self.inode:
+            if self.file is not None:
+                data += self.file.read()  # whatever the writer added before it rotated
+            self._reopen()
+            if self.file is not None:
+                data += self.file.read()
+        return data
+
+    def lines(self) -> list[bytes]:
+        data = self.pending + self.read()
+        complete, _, self.pending = data.rpartition(b"\n")
+        return complete.split(b"\n") if complete else []
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+            self.file = None
+
+
+class LiveTail:
+    """Every worker's events in one live directory, as SSE bytes: first those on file since `since`, then new
+    ones at each `poll()`. Blocking file reads, of what the page cache already holds."""
+
+    def __init__(self, directory: str, since: float) -> None:
+        self.directory = directory
+        self.since = since
+        self._follows: dict[str, _Follow] = {}
+        self._first = True
+
+    def poll(self) -> bytes:
+        try:
+            names = sorted(n for n in os.listdir(self.directory) if n.endswith(SUFFIX))
+        except FileNotFoundError:
+            names = []
+        out: list[bytes] = []
+        for name in names:
+            if name not in self._follows:
+                path = os.path.join(self.directory, name)
+                follow = self._follows[name] = _Follow(path)
+                if self._first:
+                    # Opened before the rotated file is read: a rotation in between repeats events (the page
+                    # drops repeats by request id) rather than losing them.
+                    out.extend(self._history(path + ".1", follow.inode))
+        self._first = False
+        for follow in self._follows.values():
+            out.extend(self._events(follow.lines()))
+        return b"".join(out)
+
+    def _history(self, path: str, following: int) -> list[bytes]:
+        try:
+            with open(path, "rb") as file:
+                if os.fstat(file.fileno()).st_ino == following:
+                    return []
+                data = file.read()
+        except FileNotFoundError:
+            return []
+        return self._events(data.split(b"\n")[:-1])  # the last piece is empty, or a line cut short
+
+    def _events(self, lines: list[bytes]) -> list[bytes]:
+        out = []
+        for line in lines:
+            stamp, _, rest = line.partition(b" ")
+            kind, _, data = rest.partition(b" ")
+            try:
+                if float(stamp) < self.since:
+                    continue
+            except ValueError:
+                continue  # not a line this module wrote
+            out.append(b"event: %s\ndata: %s\n\n" % (kind, data))
+        return out
+
+    def close(self) -> None:
+        for follow in self._follows.values():
+            follow.close()
+        self._follows.clear()
+
+
+async def event_stream(directory: str, since: float | None, stopping: asyncio.Event) -> AsyncIterator[bytes]:
+    """The body of `GET /admin/live`: history, then new events as they are written, until the client leaves or
+    the server stops."""
+    tail = LiveTail(directory, time.time() - HISTORY_S if since is None else since)
+    try:
+        # The history can be a few MiB: read it off the event loop.
+        first = await asyncio.to_thread(tail.poll)
+        hello = _encode({"t": round(time.time(), 3)})
+        yield b"retry: %d\nevent: hello\ndata: %s\n\n%s" % (RETRY_MS, hello, first)
+        quiet_since = time.monotonic()
+        while not stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(POLL_INTERVAL_S):
+                    await stopping.wait()
+            data = tail.poll()
+            if data:
+                yield data
+                quiet_since = time.monotonic()
+            elif time.monotonic() - quiet_since > KEEPALIVE_S:
+                yield b": keepalive\n\n"
+                quiet_since = time.monotonic()
+    finally:
+        tail.close()
