@@ -65,6 +65,10 @@ class TeeProxy:
                 await forward.handle(self.state, scope, receive, send)
         elif scope["type"] == "lifespan":
             await self._lifespan(receive, send)
+        elif scope["type"] == "websocket":
+            # No LLM API here speaks WebSocket: refuse the upgrade (hypercorn answers 403) rather than leave it.
+            await receive()
+            await send({"type": "websocket.close", "code": 1008})
 
     async def startup(self) -> None:
         demo_url = None

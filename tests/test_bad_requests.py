@@ -1,0 +1,83 @@
+"""Requests a client (or an attacker) shapes badly: each is refused, by hypercorn/h11 before the app or by the
+proxy in the dialect's format, and none reaches an upstream or picks another host."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import socket
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from tests.servers import CLIENT_KEY, UPSTREAM_KEY_ENV, UPSTREAM_SECRET, Script, Stack, start_stack
+
+BODY = json.dumps({"model": "gpt-4o-mini", "messages": []}).encode()
+
+
+@pytest.fixture
+def stack(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Stack]:
+    monkeypatch.setenv(UPSTREAM_KEY_ENV, UPSTREAM_SECRET)
+    yield from start_stack(tmp_path)
+
+
+def exchange(stack: Stack, raw: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", stack.proxy.port), timeout=5) as sock:
+        sock.sendall(raw)
+        out = b""
+        deadline = time.monotonic() + 3
+        sock.settimeout(1)
+        while time.monotonic() < deadline:
+            try:
+                data = sock.recv(65536)
+            except TimeoutError:
+                break
+            if not data:
+                break
+            out += data
+        return out
+
+
+def request(target: bytes, extra: bytes = b"", host: bytes = b"127.0.0.1") -> bytes:
+    return (
+        b"POST " + target + b" HTTP/1.1\r\nhost: " + host + b"\r\nauthorization: Bearer " + CLIENT_KEY.encode()
+        + b"\r\ncontent-type: application/json\r\ncontent-length: " + str(len(BODY)).encode() + b"\r\n"
+        + extra + b"\r\n" + BODY
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("raw", "status"),
+    [
+        (request(b"/v1/chat/completions", b"x-evil: a\rb\r\n"), b"400"),  # CR inside a header value: h11
+        (request(b"/v1/chat/completions", b"x-evil: a\x00b\r\n"), b"400"),  # NUL in a header value: h11
+        (request(b"http://169.254.169.254/v1/chat/completions"), b"404"),  # absolute-form: no host is chosen
+        (request(b"/v1/../v1/chat/completions"), b"404"),  # not normalized into a known path
+        (request(b"/v1/chat/completions\x01"), b"400"),  # a control character in the target: h11
+    ],
+    ids=["cr-in-header", "nul-in-header", "absolute-form", "dot-dot", "control-in-target"],
+)
+def test_malformed_requests_are_refused_and_reach_no_upstream(stack: Stack, raw: bytes, status: bytes) -> None:
+    out = exchange(stack, raw)
+    assert out.startswith(b"HTTP/1.1 " + status), out[:200]
+    assert stack.upstream.requests == []
+
+
+def test_the_host_header_chooses_nothing(stack: Stack) -> None:
+    stack.upstream.script = Script(body=b'{"ok": true}', content_type=b"application/json")
+    out = exchange(stack, request(b"/v1/chat/completions?key=x", host=b"api.evil.example"))
+    assert out.startswith(b"HTTP/1.1 200")
+    [seen] = stack.upstream.requests  # served by the configured upstream, whatever Host said
+    assert seen.header(b"host") == f"127.0.0.1:{stack.upstream.server.port}".encode()
+
+
+def test_a_websocket_upgrade_is_refused(stack: Stack) -> None:
+    raw = (
+        b"GET /v1/chat/completions HTTP/1.1\r\nhost: x\r\nconnection: Upgrade\r\nupgrade: websocket\r\n"
+        b"sec-websocket-version: 13\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    )
+    out = exchange(stack, raw)
+    assert out.startswith(b"HTTP/1.1 403")
+    assert b"Traceback" not in out
+    assert stack.upstream.requests == []
