@@ -87,7 +87,7 @@ class BodyMeter:
         self._parts.clear()
         try:
             self._usage = self._dialect.body_usage(self._route, body, self._headers)
-        except ValueError:  # msgspec.DecodeError and ValidationError are ValueErrors
+        except (ValueError, RecursionError):  # msgspec's errors are ValueErrors; deep nesting is RecursionError
             self._status = "unparsed"
             return
         self._status = "reported" if self._usage is not None else "missing"

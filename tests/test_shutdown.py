@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 
@@ -147,29 +148,28 @@ def serve(tmp_path: pathlib.Path, workers: int, grace_s: float) -> tuple[subproc
             time.sleep(0.05)
 
 
-def stream(port: int, words: int) -> tuple[str, bytes]:
+def stream(port: int, words: int, started: threading.Semaphore) -> tuple[str, bytes]:
     body = {**REQUEST, "max_tokens": words}
+    url = f"http://127.0.0.1:{port}/v1/chat/completions"
     try:
-        with httpx.stream(
-            "POST",
-            f"http://127.0.0.1:{port}/v1/chat/completions",
-            json=body,
-            headers={"authorization": "Bearer tp-demo-key"},
-            timeout=30,
-        ) as reply:
-            return "ok", b"".join(reply.iter_raw())
+        with httpx.stream("POST", url, json=body, headers={"authorization": "Bearer tp-demo-key"}, timeout=30) as r:
+            started.release()  # the response head arrived: the request is in flight
+            return "ok", b"".join(r.iter_raw())
     except httpx.HTTPError as exc:
+        started.release()
         return type(exc).__name__, b""
 
 
 @pytest.mark.parametrize("workers", [1, 2])
 def test_sigterm_drains_refuses_new_connections_and_loses_no_record(tmp_path: pathlib.Path, workers: int) -> None:
-    proc, port = serve(tmp_path, workers, grace_s=1.5)
+    proc, port = serve(tmp_path, workers, grace_s=2.5)
     try:
         with concurrent.futures.ThreadPoolExecutor(24) as pool:
             # 12 streams that outlive the grace period (the demo's whole text at 5 tokens/s), 12 that end within it.
-            futures = [pool.submit(stream, port, 1000 if i % 2 else 5) for i in range(24)]
-            time.sleep(0.5)
+            started = threading.Semaphore(0)
+            futures = [pool.submit(stream, port, 1000 if i % 2 else 2, started) for i in range(24)]
+            for _ in range(24):
+                assert started.acquire(timeout=20)
             os.kill(proc.pid, signal.SIGTERM)
             time.sleep(0.3)
             with pytest.raises(OSError):  # refused at once, not queued behind the drain

@@ -144,8 +144,9 @@ _decode_chunk = msgspec.json.Decoder(_Chunk).decode
 _decode_inner = msgspec.json.Decoder(_InnerView).decode
 _decode_metrics = msgspec.json.Decoder(_InvocationMetrics).decode
 _encode = msgspec.json.Encoder().encode
-# msgspec raises RecursionError, not DecodeError, on JSON nested ~1000 deep: it must not escape the meter.
-DecodeErrors = (msgspec.DecodeError, RecursionError)
+# msgspec raises RecursionError, not DecodeError, on JSON nested ~1000 deep, and UnicodeDecodeError (a ValueError)
+# on invalid UTF-8 in a string it reads: neither may escape the meter.
+DecodeErrors = (ValueError, RecursionError)
 
 
 def _present(raw: msgspec.Raw) -> bool:

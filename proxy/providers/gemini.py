@@ -134,7 +134,9 @@ class _ModelList(msgspec.Struct):
 _decode_usage = msgspec.json.Decoder(_UsageView, strict=False).decode
 _decode_chunk = msgspec.json.Decoder(_ChunkView).decode
 _encode = msgspec.json.Encoder().encode
-_DecodeErrors = (msgspec.DecodeError, msgspec.ValidationError)
+# What reading a chunk can raise: msgspec's errors and UnicodeDecodeError (invalid UTF-8 in a string it reads)
+# are ValueErrors; JSON nested past the decoder's stack raises RecursionError. None may escape the meter.
+_DecodeErrors = (ValueError, RecursionError)
 _GENERATION_METHODS = ["generateContent", "streamGenerateContent", "countTokens"]
 
 

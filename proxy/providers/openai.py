@@ -322,6 +322,8 @@ class OpenAIFrameFilter:
         out = self._release(events, self._base + len(self._pending))
         if self._make_comment is not None and not self._inserted:
             self._inserted = True
+            if out and not out.endswith((b"\n", b"\r")):
+                out += b"\n"  # the stream ended inside a line: the comment still starts a line of its own
             out += self._make_comment()
         return out
 
