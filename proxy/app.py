@@ -28,7 +28,7 @@ from proxy.live import LIVE_DIR_ENV, LivePublisher
 from proxy.metrics import SAMPLE_INTERVAL_S, Metrics
 from proxy.observe import Observer
 from proxy.pricing import Pricer
-from proxy.routing import KeyRing, Router, demo_wanted
+from proxy.routing import KeyRing, Router, demo_wanted, describe_upstreams
 from proxy.state import ProxyState
 from proxy.upstream import make_client
 
@@ -79,6 +79,8 @@ class TeeProxy:
             log.warning(
                 "no provider key in the environment: every model is served by the demo upstream at %s", demo_url
             )
+        for line in describe_upstreams(self.config, demo_url):
+            log.info(line)
         ledger = open_ledger(self.config.ledger.path, self.config.ledger.url)
         await ledger.start()
         self.state = ProxyState(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import os
+import re
 
 from proxy.config import Config, ProviderConfig, RouteConfig
 from proxy.errors import ModelNotFound, Unauthorized
@@ -18,6 +19,14 @@ from proxy.providers.base import Upstream
 
 # Distinct model strings remembered per worker; past this, lookups are recomputed rather than remembered.
 MAX_CACHED_MODELS = 4096
+# What the demo upstream calls itself in each dialect (it answers to any model name).
+DEMO_MODELS = {
+    "openai": "gpt-4o-mini",
+    "anthropic": "claude-haiku-4-5",
+    "gemini": "gemini-2.5-flash",
+    "bedrock": "anthropic.claude-3-5-haiku-20241022-v1:0",
+}
+_GLOB = re.compile(r"[*?\[]")
 # The demo upstream takes any credentials; sending one keeps every dialect on its key path (Bedrock: bearer
 # rather than SigV4, which would need AWS credentials a newcomer does not have).
 DEMO_UPSTREAM_KEY = "demo-upstream-key"
@@ -49,6 +58,7 @@ class Router:
         self._providers = {p.name: p for p in config.providers}
         self._routes = [(route, [self._providers[name] for name in route.providers]) for route in config.routes]
         self._demo_root_url = demo_root_url
+        self._priced = list(config.prices)
         self._cache: dict[tuple[str, str], Plan] = {}
 
     def select(self, model: str, dialect: str) -> Upstream:
@@ -89,14 +99,24 @@ class Router:
         return Plan(upstreams, weights, route.max_attempts or len(upstreams), route.gate_first_chunk)
 
     def model_ids(self, dialect: str) -> list[tuple[str, str]]:
-        """(model id or pattern, provider name) of the routes that serve `dialect`, for the model lists."""
-        out: list[tuple[str, str]] = []
+        """(model id, provider name) for the model lists: concrete ids only, never a route's glob. They come from
+        routes that name a model exactly, models priced in `[prices]` that a route of this dialect serves, and,
+        with the demo upstream, the demo's own model for the dialect."""
+        out: dict[str, str] = {}
+        if self._demo_root_url is not None and dialect in DEMO_MODELS:
+            out[DEMO_MODELS[dialect]] = "demo"
         for route, providers in self._routes:
             speaking = [p for p in providers if p.dialect == dialect]
-            if speaking:
-                owner = "demo" if self._demo_root_url is not None else speaking[0].name
-                out.extend((pattern, owner) for pattern in route.models)
-        return out
+            if not speaking:
+                continue
+            owner = "demo" if self._demo_root_url is not None else speaking[0].name
+            for pattern in route.models:
+                if not _GLOB.search(pattern):
+                    out.setdefault(pattern, owner)
+            for model in self._priced:
+                if any(fnmatch.fnmatchcase(model, pattern) for pattern in route.models):
+                    out.setdefault(model, owner)
+        return list(out.items())
 
 
 def demo_wanted(config: Config) -> bool:

@@ -75,6 +75,31 @@ def test_openai_chat_stream_and_json(root_url: str) -> None:
     assert reply.usage is not None and reply.usage.total_tokens == reply.usage.prompt_tokens + len(WORDS)
 
 
+def test_openai_responses_stream_helper_and_max_tokens(root_url: str) -> None:
+    """The SDK's `responses.stream()` helper needs the whole event sequence (output_item.added, content_part.added,
+    the .done events); chat honours max_tokens with finish_reason "length"."""
+    with openai.OpenAI(base_url=root_url + "/v1", api_key="x", max_retries=0) as client:
+        with client.responses.stream(model="gpt-4o-mini", input="hi") as stream:
+            kinds = [event.type for event in stream]
+            final = stream.get_final_response()
+        cut = client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, max_tokens=3)
+    assert final.output_text == DEMO_TEXT
+    assert final.usage is not None and final.usage.output_tokens == len(WORDS)
+    assert kinds[:4] == [
+        "response.created",
+        "response.in_progress",
+        "response.output_item.added",
+        "response.content_part.added",
+    ]
+    assert kinds[-4:] == [
+        "response.output_text.done",
+        "response.content_part.done",
+        "response.output_item.done",
+        "response.completed",
+    ]
+    assert cut.choices[0].message.content == first(3) and cut.choices[0].finish_reason == "length"
+
+
 def test_openai_base_url_keeps_v1(loop: LoopThread) -> None:
     demo = DemoUpstream()
     loop.run(demo.server.start())

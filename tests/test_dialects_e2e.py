@@ -327,8 +327,16 @@ def test_anthropic_count_tokens_is_recorded_free(stack: Stack) -> None:
 def test_anthropic_models_list_in_anthropics_format(stack: Stack) -> None:
     with anthropic.Anthropic(base_url=stack.url, api_key=CLIENT_KEY, max_retries=0) as client:
         ids = [model.id for model in client.models.list()]
-    assert ids == ["claude-*"]
+    assert ids == []  # the only Anthropic route is a glob, and route globs are never listed as model ids
     assert stack.upstream.requests == []
+
+
+def test_model_lists_hold_concrete_ids_only(stack: Stack) -> None:
+    import openai
+
+    with openai.OpenAI(base_url=stack.url + "/v1", api_key=CLIENT_KEY, max_retries=0) as client:
+        ids = [model.id for model in client.models.list()]
+    assert ids == ["gpt-4o-mini"]  # priced in the config and served by the `gpt-*` route; no pattern listed
 
 
 # --- Gemini -------------------------------------------------------------------------------------------------------

@@ -162,13 +162,22 @@ class OpenAIDemo:
             body = {"type": kind, "sequence_number": next(seq), **body}
             await reply.write(b"event: " + kind.encode() + b"\ndata: " + encode(body) + b"\n\n")
 
+        # The whole event sequence OpenAI sends, which the SDKs' `responses.stream()` helpers rely on.
         await event("response.created", {"response": self._response_object(ident, model, answer, False)})
+        await event("response.in_progress", {"response": self._response_object(ident, model, answer, False)})
         item_id = ident.replace("resp_", "msg_", 1)
+        item = {"type": "message", "id": item_id, "status": "in_progress", "role": "assistant", "content": []}
+        where = {"item_id": item_id, "output_index": 0, "content_index": 0}
+        await event("response.output_item.added", {"output_index": 0, "item": item})
+        empty = {"type": "output_text", "text": "", "annotations": []}
+        await event("response.content_part.added", {**where, "part": empty})
         async for word in self._voice.paced(answer):
-            await event(
-                "response.output_text.delta",
-                {"item_id": item_id, "output_index": 0, "content_index": 0, "delta": word},
-            )
+            await event("response.output_text.delta", {**where, "delta": word, "logprobs": []})
+        await event("response.output_text.done", {**where, "text": answer.text, "logprobs": []})
+        part = {"type": "output_text", "text": answer.text, "annotations": []}
+        await event("response.content_part.done", {**where, "part": part})
+        done_item = {**item, "status": "completed", "content": [part]}
+        await event("response.output_item.done", {"output_index": 0, "item": done_item})
         await event("response.completed", {"response": self._response_object(ident, model, answer, True)})
         await reply.end()
 
