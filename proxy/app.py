@@ -17,7 +17,7 @@ import os
 import shutil
 import tempfile
 
-from proxy import forward
+from proxy import cors, forward
 from proxy.access_log import AccessLog
 from proxy.admin import build_admin
 from proxy.asgi_types import Receive, Scope, Send
@@ -59,6 +59,13 @@ class TeeProxy:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             path = scope["path"]
+            if self.config.server.cors_origins:
+                origin = cors.allowed_origin(scope, self.config.server.cors_origins)
+                if origin is not None:
+                    if scope["method"] == "OPTIONS":
+                        await cors.preflight(scope, send, origin)
+                        return
+                    send = cors.with_cors(send, origin)
             if path in ADMIN_PATHS or path.startswith(ADMIN_PREFIX) or self.state is None:
                 await self.admin(scope, receive, send)
             else:

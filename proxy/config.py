@@ -40,6 +40,8 @@ class ServerConfig(_Strict):
     graceful_timeout_s: float = 30.0
     # A client with a valid key gets this long to send its whole request body (408 after).
     body_timeout_s: float = 60.0
+    # Browser origins allowed to call the proxy directly (CORS), e.g. ["http://localhost:3000"]; "*" for any.
+    cors_origins: list[str] = msgspec.field(default_factory=list)
 
 
 class MeteringConfig(_Strict):

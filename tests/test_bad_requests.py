@@ -81,3 +81,45 @@ def test_a_websocket_upgrade_is_refused(stack: Stack) -> None:
     assert out.startswith(b"HTTP/1.1 403")
     assert b"Traceback" not in out
     assert stack.upstream.requests == []
+
+
+# --- CORS -----------------------------------------------------------------------------------------------------
+
+
+def test_cors_is_off_by_default(stack: Stack) -> None:
+    import httpx
+
+    reply = httpx.options(stack.url + "/v1/chat/completions", headers={"origin": "http://localhost:3000"})
+    assert reply.status_code == 401  # no key: a preflight is just an unauthenticated request
+    assert "access-control-allow-origin" not in reply.headers
+
+
+def test_cors_preflight_and_response_headers_for_a_listed_origin(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import httpx
+
+    monkeypatch.setenv(UPSTREAM_KEY_ENV, UPSTREAM_SECRET)
+    for stack in start_stack(tmp_path, server_extra='cors_origins = ["http://localhost:3000"]'):
+        preflight = httpx.options(
+            stack.url + "/v1/chat/completions",
+            headers={
+                "origin": "http://localhost:3000",
+                "access-control-request-method": "POST",
+                "access-control-request-headers": "authorization, content-type",
+            },
+        )
+        assert preflight.status_code == 204
+        assert preflight.headers["access-control-allow-origin"] == "http://localhost:3000"
+        assert preflight.headers["access-control-allow-headers"] == "authorization, content-type"
+        stack.upstream.script = Script(body=b'{"ok": true}', content_type=b"application/json")
+        reply = httpx.post(
+            stack.url + "/v1/chat/completions",
+            content=BODY,
+            headers={"origin": "http://localhost:3000", "authorization": f"Bearer {CLIENT_KEY}"},
+        )
+        assert reply.status_code == 200
+        assert reply.headers["access-control-allow-origin"] == "http://localhost:3000"
+        assert "x-teeproxy-request-id" in reply.headers["access-control-expose-headers"]
+        other = httpx.options(stack.url + "/v1/chat/completions", headers={"origin": "http://evil.example"})
+        assert other.status_code == 401 and "access-control-allow-origin" not in other.headers
