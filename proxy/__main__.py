@@ -17,7 +17,7 @@ import secrets
 import sys
 
 from proxy.config import CONFIG_ENV, load_config
-from proxy.errors import ConfigError
+from proxy.errors import ConfigError, StartupError
 
 KEY_PREFIX = "tp-"
 
@@ -44,7 +44,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         logging.getLogger("teeproxy").warning("starting a new ledger at %s (%s)", config.ledger.path, hint)
     try:
         return serve(config, path, bind=args.bind, workers=args.workers)
-    except BindError as exc:
+    except (BindError, StartupError) as exc:
         print(f"teeproxy: {exc}", file=sys.stderr)
         return 1
 

@@ -23,6 +23,7 @@ from proxy.admin import build_admin
 from proxy.asgi_types import Receive, Scope, Send
 from proxy.config import Config
 from proxy.demo import DemoUpstream
+from proxy.errors import StartupError
 from proxy.ledger import open_ledger
 from proxy.live import LIVE_DIR_ENV, LivePublisher
 from proxy.metrics import SAMPLE_INTERVAL_S, Metrics
@@ -55,6 +56,7 @@ class TeeProxy:
         self._demo: DemoUpstream | None = None
         self._closers: list[AccessLog | LivePublisher] = []
         self._sampler: asyncio.Task[None] | None = None
+        self.startup_error: StartupError | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -89,7 +91,11 @@ class TeeProxy:
         for line in describe_upstreams(self.config, demo_url):
             log.info(line)
         ledger = open_ledger(self.config.ledger.path, self.config.ledger.url)
-        await ledger.start()
+        try:
+            await ledger.start()
+        except Exception as exc:
+            where = self.config.ledger.path if self.config.ledger.url is None else "the [ledger] url"
+            raise StartupError(f"cannot open the ledger at {where}: {exc}") from exc
         self.state = ProxyState(
             config=self.config,
             client=make_client(),
@@ -158,6 +164,11 @@ class TeeProxy:
             if message["type"] == "lifespan.startup":
                 try:
                     await self.startup()
+                except StartupError as exc:
+                    log.error("start-up failed: %s", exc)
+                    self.startup_error = exc
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
                 except Exception as exc:
                     log.exception("start-up failed")
                     await send({"type": "lifespan.startup.failed", "message": str(exc)})

@@ -16,7 +16,8 @@
     │   └── UpstreamProtocolError 502  the upstream broke the protocol mid-response
     ├── ShuttingDown              503  the proxy is shutting down (a new request while draining, or a stream
     │                                  still running when the grace period ended)
-    └── ConfigError               a bad config file: stops start-up with a message naming the key
+    ├── ConfigError               a bad config file: stops start-up with a message naming the key
+    └── StartupError              the ledger cannot be opened at start-up: one line, exit 1
 
 Parsers raise only `FrameError` (proxy.parsers.sse); it costs usage accuracy, never a forwarded byte, and is
 not a ProxyError. The client sees a ProxyError in its provider's own error format (`Dialect.error_response`),
@@ -109,3 +110,7 @@ class ShuttingDown(ProxyError):
 
 class ConfigError(Exception):
     """A bad config file. The message names the file and the offending key."""
+
+
+class StartupError(Exception):
+    """Start-up cannot complete (the ledger cannot be opened or written): one line saying what and where."""

@@ -18,6 +18,7 @@ import multiprocessing
 import os
 import shutil
 import signal
+import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator
@@ -26,9 +27,11 @@ from typing import Protocol
 
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.config import Sockets
+from hypercorn.utils import LifespanFailureError
 
 from proxy.app import TeeProxy
 from proxy.config import CONFIG_ENV, Config, load_config
+from proxy.errors import StartupError
 from proxy.live import LIVE_DIR_ENV
 
 log = logging.getLogger("teeproxy")
@@ -111,7 +114,10 @@ def serve(config: Config, config_path: str, bind: str | None = None, workers: in
     check_bindable(hc)
     if workers == 1:
         app = create_app(config)
-        asyncio.run(_serve(app, hc, None, _signals()))
+        try:
+            asyncio.run(_serve(app, hc, None, _signals()))
+        except LifespanFailureError as exc:
+            raise app.startup_error or StartupError(str(exc)) from None
         return 0
     # Worker processes are spawned fresh and load the app by name; they find the config through the env.
     os.environ[CONFIG_ENV] = os.path.abspath(config_path)
@@ -128,6 +134,8 @@ def serve(config: Config, config_path: str, bind: str | None = None, workers: in
 # --- shutdown: the first SIGTERM/SIGINT drains (proxy.drain), a second one ends what is left at once ----------
 
 SHUTDOWN_MARGIN_S = 5.0
+# A worker that exits this soon after it was started failed at start-up: not restarted, the server stops.
+STARTUP_GRACE_S = 10.0
 _POLL_S = 0.1
 _background: set[asyncio.Task[None]] = set()
 
@@ -179,7 +187,10 @@ def _worker(hc: HypercornConfig, sockets: Sockets, drain: EventLike, hurry: Even
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     app = create_app()
-    asyncio.run(_serve(app, hc, sockets, _events(drain, hurry)))
+    try:
+        asyncio.run(_serve(app, hc, sockets, _events(drain, hurry)))
+    except LifespanFailureError:
+        sys.exit(1)  # the app logged why; the supervisor stops the server
 
 
 def _supervise(hc: HypercornConfig, workers: int) -> int:
@@ -212,13 +223,22 @@ def _supervise(hc: HypercornConfig, workers: int) -> int:
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     processes = [spawn() for _ in range(workers)]
+    started = {p.pid: time.monotonic() for p in processes}
     failed = False
     while any(p.is_alive() for p in processes):
         time.sleep(_POLL_S)
         for i, process in enumerate(processes):
             if process.is_alive() or drain.is_set():
                 continue
+            if time.monotonic() - started.get(process.pid, 0.0) < STARTUP_GRACE_S:
+                # It never got going (the ledger, the config): starting it again would fail the same way.
+                log.error("worker %s failed at start-up; stopping", process.pid)
+                drain.set()
+                hurry.set()
+                failed = True
+                continue
             log.error("worker %s exited with %s while serving; starting another", process.pid, process.exitcode)
             processes[i] = spawn()
-    failed = any(p.exitcode != 0 for p in processes)
+            started[processes[i].pid] = time.monotonic()
+    failed = failed or any(p.exitcode != 0 for p in processes)
     return 1 if failed else 0

@@ -156,3 +156,19 @@ def test_sigkill_loses_no_record(tmp_path: pathlib.Path) -> None:
     subprocess.run([*usage, "--recover"], capture_output=True, text=True, env=env, cwd=tmp_path, check=True)
     outcomes = sorted(r.outcome for r in SQLiteBackend(ledger).query(None, None))
     assert outcomes == ["completed"] * 5 + ["interrupted"] * 3
+
+
+def test_a_ledger_that_cannot_be_opened_stops_start_up_with_one_line(tmp_path: pathlib.Path) -> None:
+    config = tmp_path / "teeproxy.toml"
+    text = (ROOT / "config" / "teeproxy.toml").read_text()
+    config.write_text(text.replace('path = "teeproxy-ledger.db"', 'path = "/nonexistent/dir/ledger.db"'))
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
+    env["PYTHONPATH"] = str(ROOT)
+    for workers in ("1", "2"):
+        command = [sys.executable, "-m", "proxy", "serve", "--config", str(config), "--workers", workers]
+        done = subprocess.run(
+            [*command, "--bind", f"127.0.0.1:{free_port()}"], capture_output=True, text=True, env=env, timeout=60
+        )
+        assert done.returncode == 1
+        assert "cannot open the ledger at /nonexistent/dir/ledger.db" in done.stderr
+        assert "Traceback" not in done.stderr
