@@ -10,10 +10,8 @@ format. Nothing here branches on which dialect it holds.
 request that was sent upstream, whatever the client or the upstream did. An `Exchange` carries the state
 between phases.
 
-The relay tees: each upstream read is sent to the client as one ASGI body message, unchanged, and only then
-fed to the sidecar meter. The one exception is the frame filter (include_usage injected on the client's
-behalf, or inline usage asked for): it holds back the bytes of an incomplete SSE frame, which no SSE client
-can use before the frame ends anyway.
+The relay (the tee itself) is `proxy.relay`; the state an exchange carries is `proxy.exchange`; which provider
+is tried when is `proxy.failover`.
 """
 
 from __future__ import annotations
@@ -22,10 +20,7 @@ import asyncio
 import contextlib
 import re
 import time
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from collections.abc import AsyncIterator
 from decimal import Decimal
 from typing import Any
 
@@ -45,80 +40,27 @@ from proxy.errors import (
     UpstreamError,
     UpstreamTimeout,
 )
+from proxy.exchange import ClientGone, Exchange, identity_headers, new_exchange
 from proxy.failover import RETRYABLE_STATUSES, Plan, attempt_order, backoff_s, retry_after_s
 from proxy.ledger import LedgerRecord, utc_iso
-from proxy.metering import Meter, StreamMetering, new_meter, render_inline_comment, usage_figures
+from proxy.metering import usage_figures
 from proxy.observe import Finished, Started
-from proxy.providers import DEFAULT, recognize
-from proxy.providers.base import Dialect, FrameFilter, Incoming, Outgoing, Route, Upstream
-from proxy.scrub import SecretScrubber, scrub_headers
+from proxy.providers import recognize
+from proxy.providers.base import Incoming, Outgoing, Route, Upstream
+from proxy.relay import relay
 from proxy.state import ProxyState
 from proxy.usage import Usage
 
 _json_decode = msgspec.json.Decoder().decode
 _json_encode = msgspec.json.Encoder().encode
 
-_STREAMING_HEADERS: h.Headers = [(b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
 _DISCONNECT = "http.disconnect"
-_FRAME_ENDS = (b"\n\n", b"\r\n\r\n", b"\r\r")
 # More request headers than any SDK sends (they send 10-20); past it 431, before any other work.
 MAX_REQUEST_HEADERS = 128
 # Model names: Bedrock ARNs are the longest real ones (a few hundred characters). A longer one is refused rather
 # than routed, cached and logged.
 MAX_MODEL_CHARS = 512
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-
-
-class ClientGone(Exception):
-    """The client disconnected before its request body arrived."""
-
-
-@dataclass(slots=True)
-class Exchange:
-    """State carried between the phases of one request."""
-
-    request_id: str
-    started_at: float
-    started_wall: datetime
-    endpoint_path: str
-    dialect: Dialect = DEFAULT
-    key_name: str | None = None
-    route: Route | None = None
-    model: str | None = None
-    upstream: Upstream | None = None
-    strip_usage_frame: bool = False  # the proxy caused a usage frame the client did not ask for
-    inline_usage: bool = False
-    trailers: bool = False
-    sent_upstream: bool = False
-    response_started: bool = False
-    status: int | None = None
-    outcome: str = "completed"
-    first_byte_at: float | None = None
-    last_byte_at: float | None = None
-    max_gap_s: float | None = None  # the longest wait between two body writes to the client
-    streaming: bool = False
-    attempts: int = 0
-    reason: str = "none"  # how the serving provider was chosen: routed, weighted, failover:<what failed>
-    client_gone: bool = False
-    done: bool = False  # the response is complete: a disconnect now changes nothing
-    close_connection: bool = False  # answer with `Connection: close` (HTTP/1.1)
-    shutdown: bool = False  # the drain ended this request (proxy.drain)
-    sse: bool = False
-    sink: _ClientStream | None = None
-    bytes_to_client: int = 0
-    meter: Meter | None = None
-    extra_headers: h.Headers = field(default_factory=list)
-
-
-def new_exchange(scope: Scope) -> Exchange:
-    given = h.get(scope["headers"], h.REQUEST_ID)
-    request_id = given.decode() if given is not None and h.well_formed_request_id(given) else uuid.uuid4().hex
-    return Exchange(
-        request_id=request_id,
-        started_at=time.perf_counter(),
-        started_wall=datetime.now(UTC),
-        endpoint_path=scope["path"],
-    )
 
 
 async def handle(state: ProxyState, scope: Scope, receive: Receive, send: Send) -> None:
@@ -374,208 +316,6 @@ def prepare_request(state: ProxyState, ex: Exchange, scope: Scope, request: dict
     return outgoing
 
 
-async def relay(
-    state: ProxyState,
-    ex: Exchange,
-    response: httpx.Response,
-    chunks: AsyncIterator[bytes],
-    first: bytes | None,
-    send: Send,
-) -> None:
-    """Tee the upstream body to the client while the meter reads it on the side. (The client leaving cancels
-    this, see `_watch`; `handle` closes the upstream response.)"""
-    assert ex.upstream is not None and ex.route is not None
-    dialect, route = ex.dialect, ex.route
-    ex.status = response.status_code
-    content_type = response.headers.get("content-type", "")
-    streaming = ex.streaming = response.status_code < 400 and dialect.is_stream(route, content_type)
-    sse = content_type.startswith("text/event-stream")
-    meter: Meter | None = None
-    if state.metering and route.billable:
-        meter = new_meter(dialect, route, streaming, list(response.headers.raw))
-    ex.meter = meter
-    frame_filter: FrameFilter | None = None
-    if isinstance(meter, StreamMetering) and (ex.strip_usage_frame or ex.inline_usage):
-        comment = (lambda: render_inline_comment(state, ex)) if ex.inline_usage and sse else None
-        frame_filter = dialect.frame_filter(route, meter.inner, ex.strip_usage_frame, comment)
-
-    response_headers = h.client_response_headers(list(response.headers.raw))
-    scrubber: SecretScrubber | None = None
-    if ex.upstream.api_key:
-        secret = ex.upstream.api_key.encode()
-        response_headers = scrub_headers(response_headers, secret)
-        if response.status_code >= 300:
-            scrubber = SecretScrubber(secret)
-    if not streaming and frame_filter is None and scrubber is None and not ex.trailers:
-        length = response.headers.get("content-length")
-        if length is not None:
-            response_headers.append((b"content-length", length.encode()))
-    if streaming:
-        present = {name for name, _ in response_headers}
-        response_headers.extend((name, value) for name, value in _STREAMING_HEADERS if name not in present)
-    response_headers.extend(_identity_headers(ex))
-    if ex.trailers:
-        response_headers.append((b"trailer", h.TRAILER_DECLARATION))
-    await send(
-        {
-            "type": "http.response.start",
-            "status": response.status_code,
-            "headers": response_headers,
-            "trailers": ex.trailers,
-        }
-    )
-    ex.response_started = True
-
-    sink = ex.sink = _ClientStream(ex, send, dialect.keepalive(route) if streaming else None)
-    ex.sse = sse
-    emit = sink.write
-    keepalive = state.keepalive if sink.keepalive is not None and state.keepalive.interval_s > 0 else None
-    if keepalive is not None:
-        keepalive.add(sink)
-
-    async def body() -> AsyncIterator[bytes]:
-        if first:
-            yield first
-        async for chunk in chunks:
-            yield chunk
-
-    failure: UpstreamError | None = None
-    try:
-        await _pump(body(), emit, scrubber, frame_filter, meter)
-    except UpstreamError as exc:
-        failure = exc
-        ex.outcome = "timeout" if isinstance(exc, UpstreamTimeout) else "upstream_error"
-    finally:
-        if keepalive is not None:
-            keepalive.discard(sink)
-    if scrubber is not None:
-        tail = scrubber.close()
-        if tail:
-            await emit(tail)
-    if frame_filter is not None and scrubber is None:
-        tail = frame_filter.close()  # an unfinished frame is still the client's: every byte goes out
-        if tail:
-            await emit(tail)
-    elif meter is not None:
-        meter.close()
-    if failure is not None:
-        if streaming:
-            # After the first byte the status is spent: tell the client in the dialect's own in-stream form,
-            # in a frame of its own even when the upstream stopped mid-frame.
-            event = dialect.stream_error(route, failure)
-            if sse and not sink.at_boundary:
-                event = b"\n\n" + event
-            await emit(event)
-        else:
-            # A plain body cut short must not look complete: end the response abnormally (the server resets
-            # the stream or closes the connection without the final chunk) instead of sending its end.
-            raise failure
-    # The end of the body waits until the client has taken it (HTTP/2 drains its buffer): a client that leaves
-    # meanwhile still cancels, and a finished meter still makes that a completed stream.
-    await send({"type": "http.response.body", "body": b"", "more_body": False})
-    if ex.trailers:
-        await send({"type": "http.response.trailers", "headers": trailer_fields(state, ex), "more_trailers": False})
-    ex.done = True
-
-
-async def _pump(
-    body: AsyncIterator[bytes],
-    emit: Callable[[bytes], Awaitable[None]],
-    scrubber: SecretScrubber | None,
-    frame_filter: FrameFilter | None,
-    meter: Meter | None,
-) -> None:
-    if scrubber is not None:
-        async for chunk in body:
-            out = scrubber.feed(chunk)
-            if out:
-                await emit(out)
-            if meter is not None:
-                meter.feed(chunk)
-    elif frame_filter is None:
-        async for chunk in body:
-            await emit(chunk)  # the tee: forward first ...
-            if meter is not None:
-                meter.feed(chunk)  # ... then let the sidecar read it
-    else:
-        async for chunk in body:
-            out = frame_filter.feed(chunk)
-            if out:
-                await emit(out)
-
-
-class _ClientStream:
-    """The client's side of the relay: body writes, their timings, and keep-alives between frames."""
-
-    __slots__ = ("_ex", "_send", "at_boundary", "keepalive", "last_write_at", "_writing")
-
-    def __init__(self, ex: Exchange, send: Send, keepalive: bytes | None) -> None:
-        self._ex = ex
-        self._send = send
-        self.keepalive = keepalive
-        self.at_boundary = True  # the client holds whole frames only
-        self.last_write_at = time.perf_counter()
-        self._writing = False
-
-    async def write(self, data: bytes) -> None:
-        ex = self._ex
-        now = time.perf_counter()
-        if ex.first_byte_at is None:
-            ex.first_byte_at = now
-        elif ex.last_byte_at is not None:
-            gap = now - ex.last_byte_at
-            if ex.max_gap_s is None or gap > ex.max_gap_s:
-                ex.max_gap_s = gap
-        ex.last_byte_at = self.last_write_at = now
-        self.at_boundary = data.endswith(_FRAME_ENDS)
-        self._writing = True
-        try:
-            await self._send({"type": "http.response.body", "body": data, "more_body": True})
-        finally:
-            self._writing = False
-        ex.bytes_to_client += len(data)
-
-    def can_ping(self) -> bool:
-        return self.at_boundary and not self._writing and not self._ex.done
-
-    async def ping(self) -> None:
-        assert self.keepalive is not None
-        self.last_write_at = time.perf_counter()
-        self._writing = True
-        try:
-            await self._send({"type": "http.response.body", "body": self.keepalive, "more_body": True})
-        finally:
-            self._writing = False
-        self._ex.bytes_to_client += len(self.keepalive)
-
-
-def _identity_headers(ex: Exchange) -> h.Headers:
-    """On every response; provider and model are empty when the request never got that far."""
-    return [
-        (b"x-teeproxy-request-id", ex.request_id.encode()),
-        (b"x-teeproxy-provider", ex.upstream.provider.name.encode() if ex.upstream else b""),
-        (b"x-teeproxy-model", (ex.model or "").encode("utf-8", "replace")),
-        (b"x-teeproxy-attempts", str(ex.attempts).encode()),
-        (b"x-teeproxy-reason", ex.reason.encode()),
-    ]
-
-
-def trailer_fields(state: ProxyState, ex: Exchange) -> h.Headers:
-    usage, status, cost, _ = usage_figures(state, ex)
-    u = usage or Usage()
-    fields = [
-        (b"x-teeproxy-input-tokens", str(u.input_tokens).encode()),
-        (b"x-teeproxy-output-tokens", str(u.output_tokens).encode()),
-        (b"x-teeproxy-cached-tokens", str(u.cached_tokens).encode()),
-        (b"x-teeproxy-cache-write-tokens", str(u.cache_write_tokens).encode()),
-        (b"x-teeproxy-reasoning-tokens", str(u.reasoning_tokens).encode()),
-    ]
-    if cost is not None:
-        fields.append((b"x-teeproxy-cost-usd", format(cost, "f").encode()))
-    fields.append((b"x-teeproxy-usage", status.encode()))
-    return fields
-
-
 def finish(state: ProxyState, ex: Exchange) -> None:
     """Write the ledger record: one for every request that was sent upstream, whatever happened."""
     if not ex.sent_upstream:
@@ -649,7 +389,7 @@ async def _send_json(ex: Exchange, send: Send, status: int, body: bytes, headers
     out = [
         *(headers if headers is not None else [(b"content-type", b"application/json")]),
         (b"content-length", str(len(body)).encode()),
-        *_identity_headers(ex),
+        *identity_headers(ex),
     ]
     if ex.close_connection:
         out.append((b"connection", b"close"))

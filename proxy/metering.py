@@ -16,7 +16,7 @@ from proxy.providers.base import Dialect, Headers, Route, StreamMeter
 from proxy.usage import Usage, UsageStatus
 
 if TYPE_CHECKING:
-    from proxy.forward import Exchange
+    from proxy.exchange import Exchange
     from proxy.state import ProxyState
 
 # A non-streaming body is kept whole for its usage object (which OpenAI puts last). Embeddings of a large
