@@ -146,6 +146,7 @@ class TeeProxy:
         state, self.state = self.state, None
         if state is not None:
             await state.client.aclose()
+            await state.keepalive.aclose()
             await state.ledger.aclose()
             self.metrics.sample(state.ledger)
         for closer in self._closers:

@@ -13,6 +13,7 @@ chunk: the relay only stamps the time of its last write (which it does anyway fo
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from typing import Protocol
 
@@ -55,3 +56,6 @@ class KeepAlive:
         self._streams.clear()
         if self._task is not None:
             self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None

@@ -49,7 +49,9 @@ from proxy.providers.base import (
     StreamMeter,
     TailComment,
     Upstream,
+    bearer_token,
     first_sse_event_failed,
+    header,
 )
 from proxy.usage import Usage, UsageStatus
 
@@ -304,20 +306,13 @@ def error_body(exc: ProxyError) -> bytes:
     return _encode(_Error(_ErrorDetail(error_type, exc.message)))
 
 
-def _header(headers: Headers, name: bytes) -> bytes | None:
-    for key, value in headers:
-        if key == name:
-            return value
-    return None
-
-
 class AnthropicDialect:
     name = "anthropic"
 
     def match(self, incoming: Incoming) -> Route | None:
         if incoming.path == _MODELS_PATH:
             # Shared with the OpenAI dialect: it is Anthropic's only when the client speaks Anthropic.
-            if _header(incoming.headers, b"anthropic-version") is None:
+            if header(incoming.headers, b"anthropic-version") is None:
                 return None
             if incoming.method != "GET":
                 raise MethodNotAllowed(f"{incoming.method} is not allowed on {incoming.path}; use GET")
@@ -332,13 +327,10 @@ class AnthropicDialect:
         return Route(kind=kind, upstream_path=incoming.path + query, billable=billable)
 
     def client_key(self, incoming: Incoming) -> bytes | None:
-        key = (_header(incoming.headers, b"x-api-key") or b"").strip()
+        key = (header(incoming.headers, b"x-api-key") or b"").strip()
         if key:
             return key
-        scheme, _, token = (_header(incoming.headers, b"authorization") or b"").strip().partition(b" ")
-        if scheme.lower() == b"bearer" and token.strip():
-            return token.strip()
-        return None
+        return bearer_token(incoming.headers)
 
     def rewrite_request(self, route: Route, request: dict[str, Any], provider: ProviderConfig) -> bool:
         return False  # usage is always in the stream: nothing to ask for
@@ -346,7 +338,7 @@ class AnthropicDialect:
     def attach_credentials(self, outgoing: Outgoing, upstream: Upstream) -> None:
         if upstream.api_key:
             outgoing.headers.append((b"x-api-key", upstream.api_key.encode()))
-        if _header(outgoing.headers, b"anthropic-version") is None:
+        if header(outgoing.headers, b"anthropic-version") is None:
             outgoing.headers.append((b"anthropic-version", API_VERSION))
 
     def is_stream(self, route: Route, content_type: str) -> bool:

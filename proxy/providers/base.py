@@ -190,6 +190,22 @@ class TailComment:
         return line if self._last in (b"\n", b"\r") else b"\n" + line
 
 
+def header(headers: Headers, name: bytes) -> bytes | None:
+    """The first value of a header (names are lower-case bytes, as ASGI gives them)."""
+    for key, value in headers:
+        if key == name:
+            return value
+    return None
+
+
+def bearer_token(headers: Headers) -> bytes | None:
+    """The token of `Authorization: Bearer <token>`, stripped; None when absent, empty or another scheme."""
+    scheme, _, token = (header(headers, b"authorization") or b"").strip().partition(b" ")
+    if scheme.lower() == b"bearer" and token.strip():
+        return token.strip()
+    return None
+
+
 def first_sse_event_failed(data: bytes) -> bool:
     """Whether the first whole SSE event in `data` is an error: `event: error`, or JSON whose top-level `error`
     is set or whose `type` is "error" / "response.failed". An incomplete first event is not (yet) a failure."""

@@ -54,7 +54,18 @@ from proxy.errors import BadRequest, MethodNotAllowed, ProxyError, UpstreamError
 from proxy.parsers.eventstream import EventStreamDecoder, Message, exception_frame
 from proxy.parsers.sse import FrameError
 from proxy.providers.anthropic import AnthropicUsage, usage_from_body
-from proxy.providers.base import Dialect, FrameFilter, Headers, Incoming, Outgoing, Route, StreamMeter, Upstream
+from proxy.providers.base import (
+    Dialect,
+    FrameFilter,
+    Headers,
+    Incoming,
+    Outgoing,
+    Route,
+    StreamMeter,
+    Upstream,
+    bearer_token,
+    header,
+)
 from proxy.usage import Usage, UsageStatus
 
 if TYPE_CHECKING:
@@ -274,13 +285,6 @@ class BedrockStreamMeter:
         )
 
 
-def _header(headers: Headers, name: bytes) -> bytes | None:
-    for key, value in headers:
-        if key == name:
-            return value
-    return None
-
-
 def _model_id(segment: bytes) -> str:
     try:
         model = unquote_to_bytes(segment).decode("utf-8")
@@ -367,10 +371,7 @@ class BedrockDialect:
     def client_key(self, incoming: Incoming) -> bytes | None:
         """`Authorization: Bearer <key>` (boto3's AWS_BEARER_TOKEN_BEDROCK), else `x-api-key` (a client that signs
         with SigV4 and adds the key with a botocore event hook: its SigV4 Authorization is not Bearer)."""
-        scheme, _, token = (_header(incoming.headers, b"authorization") or b"").strip().partition(b" ")
-        if scheme.lower() == b"bearer" and token.strip():
-            return token.strip()
-        return (_header(incoming.headers, b"x-api-key") or b"").strip() or None
+        return bearer_token(incoming.headers) or (header(incoming.headers, b"x-api-key") or b"").strip() or None
 
     def rewrite_request(self, route: Route, request: dict[str, Any], provider: ProviderConfig) -> bool:
         return False  # usage is always in the response: nothing to ask for
@@ -401,7 +402,7 @@ class BedrockDialect:
                 return None
             holder = _decode_holder(body)
             return converse_usage(bytes(holder.usage)) if _present(holder.usage) else None
-        values = [_header(headers, name) for name in _HEADER_COUNTS]
+        values = [header(headers, name) for name in _HEADER_COUNTS]
         if values[0] is None and values[1] is None:
             return usage_from_body(body)
         counts = [int(v) if v is not None else 0 for v in values]  # int() raises ValueError on a bad count

@@ -53,7 +53,9 @@ from proxy.providers.base import (
     Route,
     StreamMeter,
     Upstream,
+    bearer_token,
     first_sse_event_failed,
+    header,
 )
 from proxy.usage import Usage, UsageStatus
 
@@ -248,16 +250,9 @@ def _query_pairs(query: bytes) -> list[tuple[str, bytes, bytes]]:
     return pairs
 
 
-def _header(headers: Headers, name: bytes) -> bytes | None:
-    for key, value in headers:
-        if key == name:
-            return value
-    return None
-
-
 def _gemini_key(incoming: Incoming) -> bytes | None:
     """The key where Gemini clients put it: `x-goog-api-key`, else the first non-empty `key` parameter."""
-    key = (_header(incoming.headers, _API_KEY_HEADER) or b"").strip()
+    key = (header(incoming.headers, _API_KEY_HEADER) or b"").strip()
     if key:
         return key
     for name, value, _ in _query_pairs(incoming.query):
@@ -318,10 +313,7 @@ class GeminiDialect:
         key = _gemini_key(incoming)
         if key:
             return key
-        scheme, _, token = (_header(incoming.headers, b"authorization") or b"").strip().partition(b" ")
-        if scheme.lower() == b"bearer" and token.strip():
-            return token.strip()
-        return None
+        return bearer_token(incoming.headers)
 
     def rewrite_request(self, route: Route, request: dict[str, Any], provider: ProviderConfig) -> bool:
         return False  # usageMetadata is always in the response: nothing to ask for

@@ -47,6 +47,7 @@ from proxy.providers.base import (
     Route,
     StreamMeter,
     Upstream,
+    bearer_token,
     first_sse_event_failed,
 )
 from proxy.usage import Usage, UsageStatus
@@ -402,15 +403,6 @@ _encode = msgspec.json.Encoder().encode
 def error_body(exc: ProxyError) -> bytes:
     """`{"error": {"message", "type", "param", "code"}}`, the shape the OpenAI SDKs parse."""
     return _encode(_Error(_ErrorDetail(exc.message, exc.error_type, None, exc.code)))
-
-
-def bearer_token(headers: Headers) -> bytes | None:
-    for name, value in headers:
-        if name == b"authorization":
-            scheme, _, token = value.partition(b" ")
-            if scheme.lower() == b"bearer":
-                return token.strip()
-    return None
 
 
 class OpenAIDialect:
