@@ -20,7 +20,9 @@ client draws them):
     status_5xx_retry_after  429 or 503 with Retry-After: 0, 1, 2, an HTTP-date, or 120 (past the proxy's cap)
     no_terminator           a stream without its end: no [DONE], no message_stop, no `]`, a cut last message
     error_event             200, then the dialect's own error event first (`gate_first_chunk` fails it over)
-    bad_chunking            an invalid HTTP/1.1 chunk-size line mid-body, then close
+    bad_chunking            chunked: an invalid chunk-size line mid-body, then close. With Content-Length: the
+                            body, then a whole second response nobody asked for ("smuggled by <soak id>"),
+                            and the connection stays open, as a buggy server's would
     truncated_chunk         a chunk (or Content-Length) that promises more bytes than come, then close
 
 `GET /__soak/stats` answers the ids seen (a request counts as seen once its body was read whole), the faults
@@ -63,6 +65,8 @@ FAULT_WEIGHTS = {
 }
 PRE_HEAD_FAULTS = frozenset({"reset_before_head", "stall_before_head", "status_5xx", "status_5xx_retry_after"})
 STATS_PATH = b"/__soak/stats"
+# The body of the response nobody asked for (see bad_chunking): whoever reads it got another stream's bytes.
+SMUGGLED = b"smuggled by "
 # A slow drip writes its body over at most this long (the proxy's read timeout must not fire on it).
 DRIP_BUDGET_S = 1.5
 # Above this much unsent data, wait for the proxy to read: backpressure, as a real server has.
@@ -213,6 +217,12 @@ class FaultUpstream:
         if fault not in ("reset_after_first_byte", "stall_after_first_byte", "bad_chunking", "truncated_chunk"):
             await self._write(writer, body, pieces, chunked, delay_s=self._drip_delay(fault, pieces))
             return True
+        if fault == "bad_chunking" and not chunked:  # in one write, as a server with that bug sends it
+            stray = SMUGGLED + sid.encode()
+            head = _head(200, body.content_type, len(body.data))
+            writer.write(head + body.data + _head(200, b"text/plain", len(stray)) + stray)
+            await writer.drain()
+            return True
         cut = rng.randint(1, max(1, len(pieces) - 1))
         sent, rest = pieces[:cut], pieces[cut:]
         if chunked:
@@ -228,9 +238,10 @@ class FaultUpstream:
             await asyncio.sleep(self.stall_body_s)
             writer.write(b"".join(_chunk(p) for p in rest) + b"0\r\n\r\n" if chunked else b"".join(rest))
             await writer.drain()
-        elif fault == "bad_chunking":
-            writer.write(b"zz\r\nnot a chunk\r\n" if chunked else b"".join(rest) + b"HTTP/1.1 200 OK\r\n\r\njunk")
+        elif fault == "bad_chunking" and chunked:
+            writer.write(b"zz\r\nnot a chunk\r\n")
             await writer.drain()
+
         else:  # truncated_chunk
             writer.write(b"400\r\n" + b"".join(rest)[:100] if chunked else b"".join(rest))
             await writer.drain()

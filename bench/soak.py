@@ -16,7 +16,8 @@ Also counted: worker crashes, tracebacks in the proxy's log, and the peak RSS of
 sampled every `SAMPLE_EVERY_S`). `--interrupt-after-s` Ctrl-Cs the proxy mid-run instead: a shutdown under load,
 after which the same audit holds (records of streams cut by the shutdown included).
 
-Exit status 1 when a record is missing or duplicated, a worker crashed, or the log holds a traceback.
+Exit status 1 when a record is missing or duplicated, a worker crashed, the log holds a traceback, or a client
+got bytes that another stream's upstream sent (a response desync on a pooled upstream connection).
 
     python -m bench.soak                       # 100,000 streams or 15 minutes, whichever ends first
     python -m bench.soak --quick --json        # 500 streams, well under a minute (tests/test_soak_smoke.py)

@@ -34,7 +34,7 @@ from typing import IO, Any
 
 import h11
 
-from bench.fault_upstream import FAULT_WEIGHTS
+from bench.fault_upstream import FAULT_WEIGHTS, SMUGGLED
 
 KIND_WEIGHTS = {
     "openai_chat_stream": 24,
@@ -163,6 +163,9 @@ class Outcome:
     id_mismatch: bool = False
     inline_comment: bool = False  # the `: x-teeproxy-usage` comment arrived
     comment_mid_line: bool = False  # ... but not at the start of a line, so no SSE client reads it as a comment
+    crosstalk: bool = False  # the body holds bytes another stream's upstream sent (bench.fault_upstream.SMUGGLED)
+    reused: bool = False  # sent on a keep-alive connection that had carried a request before
+    previous: str = ""  # that request's kind and result
 
 
 class Connection:
@@ -170,6 +173,7 @@ class Connection:
         self.reader, self.writer = reader, writer
         self.h11 = h11.Connection(h11.CLIENT)
         self.idle_since = time.monotonic()
+        self.last = ""  # the kind and result of the last exchange on this connection
 
     def close(self, rst: bool = False) -> None:
         if rst:
@@ -213,6 +217,7 @@ class Clients:
         self.trailers_seen = 0
         self.inline_comments = 0
         self.comments_mid_line = 0
+        self.crosstalk: list[str] = []
         self.stop_at = time.monotonic() + args.time_limit_s
         self.order = [int(n) for n in args.only.split(",")] if args.only else range(args.streams)
 
@@ -261,6 +266,9 @@ class Clients:
         out.comment_mid_line = at > 0 and out.tail[at - 1 : at] not in (b"\n", b"\r")
         self.inline_comments += out.inline_comment
         self.comments_mid_line += out.comment_mid_line
+        out.crosstalk = SMUGGLED in out.tail
+        if out.crosstalk:
+            self.crosstalk.append(p.sid)
         if self.log is not None:
             line = {**asdict(p), **asdict(out), "tail": out.tail[-200:].decode("utf-8", "replace")}
             self.log.write(json.dumps(line, separators=(",", ":")) + "\n")
@@ -275,6 +283,7 @@ class Clients:
                 conn = await connect(self.args.port, slow)
             except OSError as exc:
                 return Outcome(f"connect_error:{type(exc).__name__}"), None
+        reused, previous = bool(conn.last), conn.last
         try:
             async with asyncio.timeout(REQUEST_TIMEOUT_S):
                 out = await self._exchange(p, conn)
@@ -284,6 +293,8 @@ class Clients:
             out = Outcome("protocol_error")
         except OSError as exc:
             out = Outcome(f"socket_error:{type(exc).__name__}")
+        out.reused, out.previous = reused, previous
+        conn.last = f"{p.kind}:{out.result}"
         keep = out.result.startswith("complete") and conn.h11.our_state is h11.DONE and not slow
         if keep and conn.h11.their_state is h11.DONE:
             conn.h11.start_next_cycle()
@@ -390,6 +401,8 @@ async def _main(args: argparse.Namespace) -> dict[str, Any]:
         "trailers_seen": clients.trailers_seen,
         "inline_comments": clients.inline_comments,
         "inline_comments_mid_line": clients.comments_mid_line,
+        "crosstalk": len(clients.crosstalk),
+        "crosstalk_sample": clients.crosstalk[:10],
     }
 
 

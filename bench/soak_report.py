@@ -161,6 +161,7 @@ def failed(report: dict[str, Any]) -> list[str]:
         "duplicate records": report["duplicate_records"],
         "proxy crashes": report["proxy_crashes"],
         "tracebacks": report["tracebacks"],
+        "responses holding another stream's upstream bytes": report["clients"]["crosstalk"],
     }
     return [f"{name}: {value}" for name, value in checks.items() if value]
 
@@ -197,6 +198,8 @@ def render(report: dict[str, Any]) -> str:
         f"trailers received: {c['trailers_seen']:,}",
         f"  inline usage comments received: {c['inline_comments']:,}, of which not at a line start: "
         f"{c['inline_comments_mid_line']:,}",
+        f"  responses holding another stream's upstream bytes: {c['crosstalk']:,}"
+        + (f" (e.g. {', '.join(c['crosstalk_sample'][:3])})" if c["crosstalk"] else ""),
         f"  clean streams (first upstream attempt good, client normal): {r['clean_streams']:,}; "
         f"not through whole: {r['clean_streams_cut']:,}; recorded other than completed: "
         f"{r['clean_streams_not_completed']:,}",

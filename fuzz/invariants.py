@@ -13,16 +13,14 @@ A parser failure costs usage accuracy, never a forwarded byte (STYLE.md §5). So
 * a frame filter (OpenAI's usage-frame remover, the inline comment) never raises, forwards the bytes unchanged
   when it has nothing to remove, and puts the comment line at the start of a line, once.
 
-Any other exception, or a failed assertion, is a finding. Findings already reported and not yet fixed are listed
-in `KNOWN_BUGS`; each has a strict xfail test in tests/test_parser_fuzz.py, and the fuzzers let exactly that
-failure pass meanwhile so that they can go on looking for others (`FUZZ_STRICT=1` makes them report it too).
+Any other exception, or a failed assertion, is a finding. The first ones (the Gemini meters and two body meters
+let UnicodeDecodeError or RecursionError out into the relay; the inline comment glued to an unfinished last line)
+are fixed, and have regression tests of their own in tests/test_parser_fuzz.py.
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from proxy.metering import BodyMeter
@@ -66,36 +64,6 @@ BODY_ROUTES: list[tuple[str, str]] = [
 FILTER_ROUTES: list[tuple[str, str]] = [("openai", "chat"), ("openai", "responses"), ("anthropic", "messages")]
 STATUSES = frozenset({"reported", "missing", "unparsed"})
 COMMENT = b": x-teeproxy-usage {}\n"
-# Reported, not fixed yet (proxy/ is not the fuzzers' to change). Delete an entry when its bug is fixed: its xfail
-# test in tests/test_parser_fuzz.py will have started to pass (strict), and the fuzzers check that spot again.
-KNOWN_BUGS: dict[str, str] = {
-    "gemini-meter-raises": "GeminiStreamMeter.observe catches msgspec's DecodeError and ValidationError only: "
-    "invalid UTF-8 in a decoded string (finishReason) raises UnicodeDecodeError, nesting past Python's recursion "
-    "limit behind usageMetadata raises RecursionError, out of feed() and into the relay",
-    "body-meter-recursion": "gemini and bedrock body_usage let RecursionError out (nesting past the recursion "
-    "limit behind usageMetadata / usage); BodyMeter.close catches ValueError only, so it reaches the relay",
-    "openai-comment-mid-line": "OpenAIFrameFilter.close appends the inline usage comment right after an unfinished "
-    "last line (no line end), so it does not start a line and no client reads it as a comment (TailComment, "
-    "Anthropic's, puts a line end first)",
-}
-TOLERATED = frozenset() if os.environ.get("FUZZ_STRICT") else frozenset(KNOWN_BUGS)
-
-
-class Tolerated(Exception):
-    """A known bug's failure, let pass: the check stops there."""
-
-
-@contextlib.contextmanager
-def known(bug: str, *errors: type[BaseException]) -> Iterator[None]:
-    """Turn the known bug's exceptions into `Tolerated` while it is open."""
-    try:
-        yield
-    except errors:
-        if bug not in TOLERATED:
-            raise
-        raise Tolerated(bug) from None
-
-
 # Bedrock's invoke reports usage in headers; the fuzzers pick from these.
 BEDROCK_COUNT_HEADERS = (b"x-amzn-bedrock-input-token-count", b"x-amzn-bedrock-output-token-count")
 
@@ -153,12 +121,8 @@ def meter_result(dialect: str, kind: str, pieces: list[bytes]) -> tuple[Usage | 
 
 
 def check_meter(dialect: str, kind: str, data: bytes, cuts: Sequence[int]) -> None:
-    try:
-        with known("gemini-meter-raises" if dialect == "gemini" else "", UnicodeDecodeError, RecursionError):
-            whole = meter_result(dialect, kind, [data])
-            cut = meter_result(dialect, kind, split(data, cuts))
-    except Tolerated:
-        return
+    whole = meter_result(dialect, kind, [data])
+    cut = meter_result(dialect, kind, split(data, cuts))
     assert cut == whole, f"{dialect}/{kind}: cutting the stream changed the usage read: {whole} vs {cut}"
 
 
@@ -166,11 +130,7 @@ def check_body(dialect: str, kind: str, data: bytes, cuts: Sequence[int], header
     meter = BodyMeter(DIALECTS[dialect], route(dialect, kind), headers)
     for piece in split(data, cuts):
         meter.feed(piece)
-    try:
-        with known("body-meter-recursion" if dialect in ("gemini", "bedrock") else "", RecursionError):
-            meter.close()
-    except Tolerated:
-        return
+    meter.close()
     usage, status = meter.result()
     assert status in STATUSES and (usage is None or isinstance(usage, Usage))
 
@@ -186,9 +146,7 @@ def check_filter(
     cuts: Sequence[int],
     strip: bool,
     comment: bool,
-    line_start: bool | None = None,
 ) -> None:
-    """`line_start`: also check that the comment starts a line (default: unless that bug is tolerated)."""
     r = route(dialect, kind)
     meter = DIALECTS[dialect].stream_meter(r)
     made = DIALECTS[dialect].frame_filter(r, meter, strip, (lambda: COMMENT) if comment else None)
@@ -201,8 +159,7 @@ def check_filter(
     if comment:
         at = out.find(COMMENT)
         assert at >= 0, "the inline comment is missing"
-        if "openai-comment-mid-line" not in TOLERATED if line_start is None else line_start:
-            assert at == 0 or out[at - 1 : at] in (b"\n", b"\r"), "the inline comment does not start a line"
+        assert at == 0 or out[at - 1 : at] in (b"\n", b"\r"), "the inline comment does not start a line"
         out = out[:at] + out[at + len(COMMENT) :]
         if out == data + b"\n" and data[-1:] not in (b"\n", b"\r"):
             out = data  # the line end put before a comment that follows an unfinished last line

@@ -260,12 +260,14 @@ def test_anthropic_bytes_are_the_upstreams_and_trailers_carry_the_bill(
     model = capture_model_anthropic(body)
     stack.upstream.script = Script(body=body, chunk_sizes=[64, 3, 1000])
     request = json.dumps({"model": model, "max_tokens": 64, "stream": True, "messages": []}).encode()
-    response, data, trailers = raw_exchange(stack, "/v1/messages", request, [("x-api-key", CLIENT_KEY)])
+    beta = ("anthropic-beta", "interleaved-thinking-2025-05-14")
+    response, data, trailers = raw_exchange(stack, "/v1/messages", request, [("x-api-key", CLIENT_KEY), beta])
     assert response.status_code == 200
     assert data == body
     assert_trailers(trailers, normalized(row))
     [seen] = stack.upstream.requests
     assert seen.header(b"anthropic-version") == b"2023-06-01"  # added when the client sent none
+    assert seen.header(b"anthropic-beta") == beta[1].encode()  # passed through
 
 
 def test_anthropic_non_streaming_sync_and_async(stack: Stack) -> None:

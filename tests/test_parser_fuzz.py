@@ -16,7 +16,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fuzz import invariants as inv
-from fuzz.invariants import KNOWN_BUGS as KNOWN
 from fuzz.seeds import STREAMS, TOKENS, mutate
 from proxy.metering import BodyMeter
 from proxy.providers import DIALECTS
@@ -101,16 +100,13 @@ def test_frame_filter_forwards_what_it_does_not_remove(dialect: str, kind: str) 
     check()
 
 
-def _xfail(bug: str) -> pytest.MarkDecorator:
-    return pytest.mark.xfail(
-        strict=True, raises=(AssertionError, RecursionError, UnicodeDecodeError), reason=KNOWN[bug]
-    )
+# The fuzzers' first findings, each fixed since; kept as plain regression tests.
 
 
 @pytest.mark.parametrize("tail", [b"data: [DONE]", b'data: {"choi'])
 def test_inline_comment_starts_a_line_after_an_unfinished_last_line(tail: bytes) -> None:
     stream = b'data: {"choices":[{"delta":{"content":"hi"}}]}\n\n' + tail
-    inv.check_filter("openai", "chat", stream, [], strip=False, comment=True, line_start=True)
+    inv.check_filter("openai", "chat", stream, [], strip=False, comment=True)
 
 
 @pytest.mark.parametrize(
