@@ -20,14 +20,14 @@ test: $(STAMP)
 	$(BIN)/pytest -q
 
 check: $(STAMP)
-	$(BIN)/ruff format --check proxy tests bench
-	$(BIN)/ruff check proxy tests bench
+	$(BIN)/ruff format --check proxy tests bench fuzz
+	$(BIN)/ruff check proxy tests bench fuzz
 	$(BIN)/mypy
 	$(BIN)/pytest -q
 
 format: $(STAMP)
-	$(BIN)/ruff format proxy tests bench
-	$(BIN)/ruff check --fix proxy tests bench
+	$(BIN)/ruff format proxy tests bench fuzz
+	$(BIN)/ruff check --fix proxy tests bench fuzz
 
 # LiteLLM's proxy is a further column when it installs (its own venv: its pins must not touch ours).
 LITELLM := bench/.litellm-venv/bin/litellm
