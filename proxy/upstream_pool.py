@@ -122,11 +122,15 @@ class UpstreamPool(httpcore.AsyncConnectionPool):
 
     async def _release(self, connection: httpcore.AsyncConnectionInterface, origin: Origin) -> None:
         """A response is closed (or a request failed): keep the connection if it can serve another request."""
-        if connection.is_idle() and not connection.is_closed():
+        if connection.is_idle() and not connection.is_closed() and not _holds_unread_bytes(connection):
             idle = self._idle.setdefault(_key(origin), collections.deque())
             if len(idle) < self._max_keepalive_connections:
                 idle.append(connection)
-                for _ in range(min(_EXPIRED_CHECKS_PER_RELEASE, len(idle) - 1)):
+                # Each check awaits a close, during which other requests take connections from this deque: look
+                # again every time rather than count on a length read before the first await.
+                for _ in range(_EXPIRED_CHECKS_PER_RELEASE):
+                    if len(idle) < 2:
+                        break
                     oldest = idle[0]
                     if not (oldest.is_closed() or oldest.has_expired()):
                         break
@@ -192,3 +196,16 @@ class _PooledStream:
             if hasattr(self._stream, "aclose"):
                 await self._stream.aclose()
             await self._pool._release(self._connection, self._origin)
+
+
+def _holds_unread_bytes(connection: httpcore.AsyncConnectionInterface) -> bool:
+    """An HTTP/1.1 connection whose upstream sent more than the response (bytes past its Content-Length, a second
+    unasked-for response): httpcore keeps them in its h11 buffer, so the socket looks clean and the next request
+    on it would read them as its own response, another client's. Such a connection is never reused. (httpcore
+    1.0's internals, as elsewhere in this module: `AsyncHTTPConnection._connection._h11_state`.)"""
+    inner = getattr(connection, "_connection", None)
+    state = getattr(inner, "_h11_state", None)
+    if state is None:
+        return False
+    data, closed = state.trailing_data
+    return bool(data) or bool(closed)

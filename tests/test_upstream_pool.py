@@ -183,3 +183,84 @@ def test_closing_the_pool_closes_its_connections() -> None:
         await server.until(lambda: not server._connections)  # the server saw every connection end
 
     run(test)
+
+
+def test_a_connection_with_bytes_past_the_response_is_never_reused() -> None:
+    """An upstream that writes a second, unasked-for response after the first one's Content-Length: the next
+    request (another client's) must get its own answer, on a new connection, never those bytes."""
+
+    async def main() -> None:
+        accepted = 0
+
+        async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            nonlocal accepted
+            accepted += 1
+            n = accepted
+            writers.append(writer)
+            try:
+                while True:
+                    await reader.readuntil(b"\r\n\r\n")
+                    body = f"answer on connection {n}".encode()
+                    smuggled = b"HTTP/1.1 200 OK\r\ncontent-length: 8\r\n\r\nSMUGGLED"
+                    writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n%s%s" % (len(body), body, smuggled))
+                    await writer.drain()
+            except (asyncio.IncompleteReadError, ConnectionError):
+                pass
+            finally:
+                writer.close()
+
+        writers: list[asyncio.StreamWriter] = []
+        server = await asyncio.start_server(serve, "127.0.0.1", 0)
+        url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/"
+        try:
+            async with client_over(make_pool()) as client:
+                first = (await client.get(url)).text
+                await asyncio.sleep(0.1)
+                second = (await client.get(url)).text
+        finally:
+            server.close()
+            for writer in writers:
+                writer.close()
+            await server.wait_closed()
+            await asyncio.sleep(0.05)
+        assert (first, second) == ("answer on connection 1", "answer on connection 2")
+
+    asyncio.run(main())
+
+
+def test_releasing_while_others_take_idle_connections_does_not_fail() -> None:
+    """`_release` awaits closes of expired idle connections; meanwhile other requests take from the same deque."""
+    import collections
+
+    from httpcore._models import Origin
+
+    class Fake:
+        def __init__(self, expired: bool = False) -> None:
+            self.expired, self.closed = expired, False
+
+        def is_idle(self) -> bool:
+            return True
+
+        def is_closed(self) -> bool:
+            return self.closed
+
+        def has_expired(self) -> bool:
+            return self.expired
+
+        async def aclose(self) -> None:
+            self.closed = True
+            await asyncio.sleep(0)
+
+    async def main() -> None:
+        pool, origin = make_pool(), Origin(b"http", b"127.0.0.1", 9)
+        idle = collections.deque([Fake(expired=True), Fake(), Fake()])
+        pool._idle[(origin.scheme, origin.host, origin.port)] = idle  # type: ignore[assignment]
+        pool._owned.update(idle)  # type: ignore[arg-type]
+        back = Fake()
+        pool._owned.add(back)  # type: ignore[arg-type]
+        async with asyncio.TaskGroup() as group:
+            group.create_task(pool._release(back, origin))  # type: ignore[arg-type]
+            for _ in range(3):
+                group.create_task(pool._acquire(origin, None))
+
+    asyncio.run(main())
