@@ -440,3 +440,44 @@ def assert_fields_are_real(ours: list[tuple[str, dict[str, Any]]], real: list[tu
     for kind, body in ours:
         invented = field_paths(body) - seen.get(kind, set())
         assert not invented, f"{kind}: fields no capture has: {sorted(invented)}"
+
+
+def test_openai_n_choices_and_a_forced_tool_call(root_url: str) -> None:
+    """The demo answers `n` with n choices (interleaved in a stream, as OpenAI sends them) and a forced tool
+    choice with a tool call, so SDK code that uses either runs against `make run`."""
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]
+    with openai.OpenAI(base_url=root_url + "/v1", api_key="x", max_retries=0) as client:
+        reply = client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, n=3, max_tokens=2)
+        chunks = list(client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, n=2, stream=True))
+        called = client.chat.completions.create(
+            model="gpt-4o-mini",
+            messages=MESSAGES,
+            tools=tools,
+            tool_choice="required",  # type: ignore[arg-type]
+        )
+        streamed = list(
+            client.chat.completions.create(
+                model="gpt-4o-mini",
+                messages=MESSAGES,
+                tools=tools,
+                tool_choice="required",
+                stream=True,  # type: ignore[arg-type]
+            )
+        )
+        bad = client.with_options(max_retries=0).chat.completions.with_raw_response
+        try:
+            bad.create(model="gpt-4o-mini", messages=MESSAGES, n=0)
+            refused = False
+        except openai.BadRequestError:
+            refused = True
+    assert [c.message.content for c in reply.choices] == [first(2)] * 3
+    texts = {
+        i: "".join(c.choices[0].delta.content or "" for c in chunks if c.choices and c.choices[0].index == i)
+        for i in (0, 1)
+    }
+    assert texts == {0: DEMO_TEXT, 1: DEMO_TEXT}
+    [choice] = called.choices
+    assert choice.finish_reason == "tool_calls"
+    assert choice.message.tool_calls is not None and choice.message.tool_calls[0].function.name == "get_weather"
+    assert streamed[-1].choices[0].finish_reason == "tool_calls"
+    assert refused

@@ -21,8 +21,33 @@ def _error(message: str) -> bytes:
     return encode({"error": {"message": message, "type": "invalid_request_error", "param": None, "code": None}})
 
 
-def _usage(answer: Answer) -> dict[str, Any]:
-    prompt, completion = answer.prompt_tokens, answer.output_tokens
+def _choices(payload: dict[str, Any]) -> int:
+    """`n`: how many choices (1 to 8 here; OpenAI allows up to 128)."""
+    n = payload.get("n", 1)
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= 8:
+        raise BadRequest("n: must be an integer from 1 to 8 (the demo's limit)")
+    return n
+
+
+def _forced_tool(payload: dict[str, Any]) -> str | None:
+    """The function a request forces (`tool_choice` "required", or naming one); None when the model may answer
+    in text, which the demo then does."""
+    tools = payload.get("tools")
+    if not isinstance(tools, list) or not tools:
+        return None
+    choice = payload.get("tool_choice", "auto")
+    if isinstance(choice, dict):
+        name = (choice.get("function") or {}).get("name")
+        return str(name) if name else None
+    if choice == "required":
+        first = tools[0] if isinstance(tools[0], dict) else {}
+        return str((first.get("function") or {}).get("name") or "tool")
+    return None
+
+
+def _usage(answer: Answer, n: int = 1, tool_call: bool = False) -> dict[str, Any]:
+    prompt = answer.prompt_tokens
+    completion = (5 if tool_call else answer.output_tokens) * n
     return {
         "prompt_tokens": prompt,
         "completion_tokens": completion,
@@ -56,6 +81,7 @@ class OpenAIDemo:
                 payload.get("max_completion_tokens", payload.get("max_tokens", payload.get("max_output_tokens"))),
                 "max_tokens",
             )
+            _choices(payload)
         except BadRequest as exc:
             await reply.send_json(exc.status, _error(exc.message))
             return
@@ -69,7 +95,7 @@ class OpenAIDemo:
             if stream:
                 await self._chat_stream(reply, model, payload, answer, chat)
             else:
-                await self._chat_json(reply, model, answer, chat)
+                await self._chat_json(reply, model, payload, answer, chat)
         else:
             await reply.send_json(404, _error(f"unknown path {request.path}"))
 
@@ -77,6 +103,8 @@ class OpenAIDemo:
         ident = f"chatcmpl-demo{next(self._ids)}" if chat else f"cmpl-demo{next(self._ids)}"
         created = int(time.time())
         obj = "chat.completion.chunk" if chat else "text_completion"
+        n = _choices(payload)
+        tool = _forced_tool(payload) if chat else None
         await self._voice.first_token()
         await reply.start(200, _SSE_HEADERS)
 
@@ -86,43 +114,67 @@ class OpenAIDemo:
                 body["usage"] = usage
             return b"data: " + encode(body) + b"\n\n"
 
-        if chat:
-            await reply.write(
-                chunk([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}])
-            )
-        async for word in self._voice.paced(answer):
-            if chat:
-                choice: dict[str, Any] = {"index": 0, "delta": {"content": word}, "finish_reason": None}
-            else:
-                choice = {"index": 0, "text": word, "finish_reason": None}
-            await reply.write(chunk([choice]))
-        final: dict[str, Any] = {"index": 0, "finish_reason": "length" if answer.cut else "stop"}
-        if chat:
-            final["delta"] = {}
+        finish = "length" if answer.cut else "stop"
+        if tool is not None:  # the request forced a tool: one call to it per choice, arguments `{}`
+            for i in range(n):
+                call: dict[str, Any] = {"index": 0, "id": f"call_demo{next(self._ids)}", "type": "function"}
+                call["function"] = {"name": tool, "arguments": ""}
+                delta = {"role": "assistant", "content": None, "tool_calls": [call]}
+                await reply.write(chunk([{"index": i, "delta": delta, "finish_reason": None}]))
+                args = {"tool_calls": [{"index": 0, "function": {"arguments": "{}"}}]}
+                await reply.write(chunk([{"index": i, "delta": args, "finish_reason": None}]))
+            finish = "tool_calls"
         else:
-            final["text"] = ""
-        await reply.write(chunk([final]))
+            if chat:
+                for i in range(n):
+                    delta = {"role": "assistant", "content": ""}
+                    await reply.write(chunk([{"index": i, "delta": delta, "finish_reason": None}]))
+            async for word in self._voice.paced(answer):
+                for i in range(n):  # n choices interleave, one per chunk, as OpenAI sends them
+                    if chat:
+                        choice: dict[str, Any] = {"index": i, "delta": {"content": word}, "finish_reason": None}
+                    else:
+                        choice = {"index": i, "text": word, "finish_reason": None}
+                    await reply.write(chunk([choice]))
+        for i in range(n):
+            final: dict[str, Any] = {"index": i, "finish_reason": finish}
+            if chat:
+                final["delta"] = {}
+            else:
+                final["text"] = ""
+            await reply.write(chunk([final]))
         options = payload.get("stream_options")
         if isinstance(options, dict) and options.get("include_usage") is True:
-            await reply.write(chunk([], _usage(answer)))
+            await reply.write(chunk([], _usage(answer, n, tool is not None)))
         await reply.write(b"data: [DONE]\n\n")
         await reply.end()
 
-    async def _chat_json(self, reply: Reply, model: str, answer: Answer, chat: bool) -> None:
-        choice: dict[str, Any] = {"index": 0, "finish_reason": "length" if answer.cut else "stop"}
-        if chat:
-            choice["message"] = {"role": "assistant", "content": answer.text}
-        else:
-            choice["text"] = answer.text
+    async def _chat_json(self, reply: Reply, model: str, payload: dict[str, Any], answer: Answer, chat: bool) -> None:
+        n = _choices(payload)
+        tool = _forced_tool(payload) if chat else None
+        choices = []
+        for i in range(n):
+            choice: dict[str, Any] = {"index": i, "finish_reason": "length" if answer.cut else "stop"}
+            if tool is not None:
+                call: dict[str, Any] = {"id": f"call_demo{next(self._ids)}", "type": "function"}
+                call["function"] = {"name": tool, "arguments": "{}"}
+                choice["message"] = {"role": "assistant", "content": None, "tool_calls": [call]}
+                choice["finish_reason"] = "tool_calls"
+            elif chat:
+                choice["message"] = {"role": "assistant", "content": answer.text}
+            else:
+                choice["text"] = answer.text
+            choices.append(choice)
         body = {
             "id": f"chatcmpl-demo{next(self._ids)}",
             "object": "chat.completion" if chat else "text_completion",
             "created": int(time.time()),
             "model": model,
-            "choices": [choice],
-            "usage": _usage(answer),
+            "choices": choices,
+            "usage": _usage(answer, n, tool is not None),
         }
-        await self._voice.whole(answer)
+        if tool is None:
+            await self._voice.whole(answer)
         await reply.send_json(200, encode(body))
 
     @staticmethod
