@@ -384,8 +384,9 @@ def test_upstream_failure_mid_stream_leaves_a_record(stack: Stack, shared_fixtur
     # Every byte the upstream sent before it failed reaches the client (the partial frame too), then the error
     # in a frame of its own.
     assert got.startswith(body[:600])
-    assert got.endswith(b"}\n\n")
-    error = json.loads(got[got.rindex(b"\n\ndata: ") + 8 :])
+    assert got.endswith(b"}\n\ndata: [DONE]\n\n")  # the error chunk, then the end a stream should have
+    last = got[: -len(b"data: [DONE]\n\n")]
+    error = json.loads(last[last.rindex(b"\n\ndata: ") + 8 :])
     assert error["error"]["code"] == "upstream_protocol_error"
     record = wait_for_record(stack)
     assert record.outcome == "upstream_error" and record.http_status == 200

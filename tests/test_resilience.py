@@ -184,3 +184,20 @@ def test_upstream_cannot_spoof_the_proxys_headers(stack: Stack) -> None:
     assert reply.headers.get_list("x-teeproxy-provider") == ["replay"]
     assert "x-teeproxy-cost-usd" not in reply.headers
     assert reply.headers.get_list("cache-control") == ["no-cache"]  # not twice
+
+
+def test_openai_responses_stream_yields_error_and_failed_events_after_a_cut(
+    stack: Stack, shared_fixtures: pathlib.Path
+) -> None:
+    """The Responses stream does not raise on errors; it yields the API's `error` and `response.failed` events,
+    which the proxy sends (in the API's own shape) when the upstream fails mid-stream."""
+    body = (shared_fixtures / "openai_responses/responses_basic.sse").read_bytes()
+    cut = body.index(b"\n\n", 1500) + 2
+    stack.upstream.script = Script(body=body, chunk_sizes=[cut], cut_after=cut)
+    with openai.OpenAI(base_url=stack.url + "/v1", api_key=CLIENT_KEY, max_retries=0) as client:
+        events = list(client.responses.create(model="gpt-4o", input="hi", stream=True))
+    kinds = [event.type for event in events]
+    assert kinds[-2:] == ["error", "response.failed"]
+    assert events[-2].code == "upstream_protocol_error"  # type: ignore[union-attr]
+    [record] = stack.records()
+    assert record.outcome == "upstream_error"

@@ -58,7 +58,7 @@ def test_streams_past_the_grace_period_end_with_an_error_event_and_a_record(stac
         assert body.startswith(CHUNK)
         assert body.endswith(
             b'data: {"error":{"message":"The proxy shut down before the response was complete.",'
-            b'"type":"server_error","param":null,"code":"shutting_down"}}\n\n'
+            b'"type":"server_error","param":null,"code":"shutting_down"}}\n\ndata: [DONE]\n\n'
         )
     records = stack.records(at_least=4)
     assert [r.outcome for r in records] == ["shutdown"] * 4

@@ -466,7 +466,33 @@ class OpenAIDialect:
         return exc.status, list(_JSON), error_body(exc)
 
     def stream_error(self, route: Route, exc: ProxyError) -> bytes:
-        return b"data: " + error_body(exc) + b"\n\n"
+        """Chat and completions: an error chunk (the SDKs raise on it), then `[DONE]` so the stream still ends
+        as one should. Responses: the API's own `error` event and a `response.failed` one, which the SDK's
+        stream yields (it does not raise on them)."""
+        if route.kind == "responses":
+            error = {"type": "error", "code": exc.code, "message": exc.message, "param": None, "sequence_number": 0}
+            failed = {
+                "type": "response.failed",
+                "sequence_number": 1,
+                "response": {
+                    "id": "resp_teeproxy_error",
+                    "object": "response",
+                    "created_at": 0,
+                    "status": "failed",
+                    "error": {"code": "server_error", "message": exc.message},
+                    "model": "",
+                    "output": [],
+                    "parallel_tool_calls": False,
+                    "tool_choice": "auto",
+                    "tools": [],
+                    "usage": None,
+                },
+            }
+            return (
+                b"event: error\ndata: " + _encode(error) + b"\n\n"
+                b"event: response.failed\ndata: " + _encode(failed) + b"\n\n"
+            )
+        return b"data: " + error_body(exc) + b"\n\ndata: [DONE]\n\n"
 
     def models_body(self, models: list[tuple[str, str]]) -> bytes:
         return _encode(_ModelList(data=[_Model(id=model, owned_by=owner) for model, owner in models]))
