@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
@@ -63,7 +63,6 @@ class Exchange:
     sink: ClientStream | None = None
     bytes_to_client: int = 0
     meter: Meter | None = None
-    extra_headers: h.Headers = field(default_factory=list)
 
 
 def new_exchange(scope: Scope) -> Exchange:

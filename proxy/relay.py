@@ -49,11 +49,6 @@ async def relay(
     if state.metering and route.billable:
         meter = new_meter(dialect, route, streaming, list(response.headers.raw))
     ex.meter = meter
-    frame_filter: FrameFilter | None = None
-    if isinstance(meter, StreamMetering) and (ex.strip_usage_frame or ex.inline_usage):
-        comment = (lambda: render_inline_comment(state, ex)) if ex.inline_usage and sse else None
-        frame_filter = dialect.frame_filter(route, meter.inner, ex.strip_usage_frame, comment)
-
     response_headers = h.client_response_headers(list(response.headers.raw))
     scrubber: SecretScrubber | None = None
     if ex.upstream.api_key:
@@ -61,6 +56,11 @@ async def relay(
         response_headers = scrub_headers(response_headers, secret)
         if response.status_code >= 300:
             scrubber = SecretScrubber(secret)
+    # A scrubbed (non-2xx) body is never a stream the proxy changed: the filter is for 2xx streams only.
+    frame_filter: FrameFilter | None = None
+    if scrubber is None and isinstance(meter, StreamMetering) and (ex.strip_usage_frame or ex.inline_usage):
+        comment = (lambda: render_inline_comment(state, ex)) if ex.inline_usage and sse else None
+        frame_filter = dialect.frame_filter(route, meter.inner, ex.strip_usage_frame, comment)
     if not streaming and frame_filter is None and scrubber is None and not ex.trailers:
         length = response.headers.get("content-length")
         if length is not None:
@@ -88,15 +88,10 @@ async def relay(
     if keepalive is not None:
         keepalive.add(sink)
 
-    async def body() -> AsyncIterator[bytes]:
-        if first:
-            yield first
-        async for chunk in chunks:
-            yield chunk
-
     failure: UpstreamError | None = None
     try:
-        await _pump(body(), emit, scrubber, frame_filter, meter)
+        # Only a gated route has a first chunk in hand: the common case iterates the upstream directly.
+        await _pump(chunks if not first else _prepend(first, chunks), emit, scrubber, frame_filter, meter)
     except UpstreamError as exc:
         failure = exc
         ex.outcome = "timeout" if isinstance(exc, UpstreamTimeout) else "upstream_error"
@@ -107,7 +102,7 @@ async def relay(
         tail = scrubber.close()
         if tail:
             await emit(tail)
-    if frame_filter is not None and scrubber is None:
+    if frame_filter is not None:
         tail = frame_filter.close()  # an unfinished frame is still the client's: every byte goes out
         if tail:
             await emit(tail)
@@ -131,6 +126,12 @@ async def relay(
     if ex.trailers:
         await send({"type": "http.response.trailers", "headers": trailer_fields(state, ex), "more_trailers": False})
     ex.done = True
+
+
+async def _prepend(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    yield first
+    async for chunk in rest:
+        yield chunk
 
 
 async def _pump(
