@@ -208,17 +208,14 @@ async def open_with_failover(
             status = response.status_code
             if status in RETRYABLE_STATUSES and not last:
                 wait_s = retry_after_s(response.headers.get("retry-after"))
-                delay_s = 0.0
-                if wait_s is not None:
-                    if wait_s > retry.retry_after_cap_s:
-                        skipped.add(name)  # it asked for longer than we wait: try the others
-                    else:
-                        delay_s = wait_s
-                await up.close(response)
-                failure = str(status)
-                if _nothing_left(order, i, skipped):
-                    raise UpstreamError(f"every provider for this model failed (last: {status})")
-                continue
+                if wait_s is not None and wait_s > retry.retry_after_cap_s:
+                    skipped.add(name)  # it asked for longer than we wait: try the others
+                if not _nothing_left(order, i, skipped):
+                    delay_s = wait_s if wait_s is not None and name not in skipped else 0.0
+                    await up.close(response)
+                    failure = str(status)
+                    continue
+                # No attempt left worth making: this answer, with its Retry-After, is the client's.
             chunks = up.iter_raw(response)
             first: bytes | None = None
             if plan.gate_first_chunk and status < 300:

@@ -221,39 +221,54 @@ def test_weights_choose_the_first_attempt(tmp_path: pathlib.Path, env: None) -> 
         assert pair.a.requests == []
 
 
-def test_retry_after_within_the_cap_is_waited_for_on_the_same_provider(tmp_path: pathlib.Path, env: None) -> None:
-    # One provider, two attempts: the repeat waits out the upstream's Retry-After.
-    text = config_text("http://127.0.0.1:1/v1", "http://127.0.0.1:1/v1", tmp_path, "max_attempts = 2", "").replace(
-        'providers = ["a", "b"]', 'providers = ["a"]'
-    )
+def one_provider(tmp: pathlib.Path, route_extra: str) -> Iterator[tuple[ReplayUpstream, ProxyServer]]:
+    """A route with a single provider (`a`), for repeats on the same provider."""
     loop = LoopThread()
     a = ReplayUpstream()
     loop.run(a.server.start())
-    proxy = ProxyServer(loop, parse_config(text.replace("http://127.0.0.1:1/v1", a.base_url, 1), "retry-after"))
+    text = config_text(a.base_url, a.base_url, tmp, route_extra, "").replace(
+        'providers = ["a", "b"]', 'providers = ["a"]'
+    )
+    proxy = ProxyServer(loop, parse_config(text, "one-provider"))
     proxy.start()
     try:
-        scripts = iter(
-            [
-                Script(
-                    body=b'{"error": {"message": "slow down"}}',
-                    status=429,
-                    content_type=b"application/json",
-                    headers=[(b"retry-after", b"1")],
-                ),
-                Script(body=CHAT),
-            ]
-        )
-        a.script = lambda request: next(scripts)
+        yield a, proxy
+    finally:
+        proxy.stop()
+        loop.run(a.server.aclose())
+        loop.close()
+
+
+def too_many(retry_after: bytes) -> Script:
+    return Script(
+        body=b'{"error": {"message": "slow down"}}',
+        status=429,
+        content_type=b"application/json",
+        headers=[(b"retry-after", retry_after)],
+    )
+
+
+def test_retry_after_within_the_cap_is_waited_for_on_the_same_provider(tmp_path: pathlib.Path, env: None) -> None:
+    for a, proxy in one_provider(tmp_path, "max_attempts = 2"):
+        scripts = iter([too_many(b"1"), Script(body=CHAT)])
+        a.script = lambda request, scripts=scripts: next(scripts)
         started = time.monotonic()
         reply = httpx.post(proxy.url + "/v1/chat/completions", json=REQUEST, headers=AUTH, timeout=20)
         waited = time.monotonic() - started
         assert reply.status_code == 200
         assert (reply.headers["x-teeproxy-attempts"], reply.headers["x-teeproxy-reason"]) == ("2", "failover:429")
         assert 0.9 < waited < 5  # the upstream asked for one second, within the 1 s cap
-    finally:
-        proxy.stop()
-        loop.run(a.server.aclose())
-        loop.close()
+
+
+def test_retry_after_beyond_the_cap_with_no_one_else_goes_to_the_client(tmp_path: pathlib.Path, env: None) -> None:
+    for a, proxy in one_provider(tmp_path, "max_attempts = 3"):
+        a.script = too_many(b"3600")
+        started = time.monotonic()
+        reply = httpx.post(proxy.url + "/v1/chat/completions", json=REQUEST, headers=AUTH, timeout=20)
+        assert time.monotonic() - started < 2
+        assert (reply.status_code, reply.headers["retry-after"]) == (429, "3600")  # the client can wait it out
+        assert reply.headers["x-teeproxy-attempts"] == "1"
+        assert len(a.requests) == 1
 
 
 def test_retry_after_beyond_the_cap_moves_on_at_once(pair: TwoProviders) -> None:
