@@ -10,12 +10,15 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import itertools
+import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+import h11
 from hypercorn.asyncio.run import worker_serve
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.utils import wrap_app
@@ -299,3 +302,67 @@ def start_stack(
         proxy.stop()
         loop.run(upstream.server.aclose())
         loop.close()
+
+
+# --- raw clients: the exact bytes on the wire -------------------------------------------------------------------
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on (at the moment of asking)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def send_raw(port: int, data: bytes, read_s: float = 3.0) -> bytes:
+    """Send `data` as is and return everything the server writes until it closes or `read_s` passes."""
+    with socket.create_connection(("127.0.0.1", port), timeout=read_s) as sock:
+        sock.sendall(data)
+        sock.settimeout(min(1.0, read_s))
+        out = b""
+        deadline = time.monotonic() + read_s
+        while time.monotonic() < deadline:
+            try:
+                received = sock.recv(65536)
+            except TimeoutError:
+                break
+            if not received:
+                break
+            out += received
+        return out
+
+
+def h11_post(
+    port: int, target: str, body: bytes, headers: list[tuple[str, str]], ca: str | None = None
+) -> tuple[h11.Response, bytes, dict[bytes, bytes]]:
+    """One POST over HTTP/1.1 with raw h11 (over TLS when `ca` is given): the response head, the body bytes
+    exactly, and the trailer fields. The caller's headers come after host, content-type and content-length."""
+    conn = h11.Connection(h11.CLIENT)
+    all_headers = [
+        ("host", f"127.0.0.1:{port}"),
+        ("content-type", "application/json"),
+        ("content-length", str(len(body))),
+        *headers,
+    ]
+    sock: socket.socket = socket.create_connection(("127.0.0.1", port), timeout=10)
+    if ca is not None:
+        context = ssl.create_default_context(cafile=ca)
+        context.set_alpn_protocols(["http/1.1"])
+        sock = context.wrap_socket(sock, server_hostname="127.0.0.1")
+    with sock:
+        sock.sendall(conn.send(h11.Request(method="POST", target=target, headers=all_headers)))
+        sock.sendall(conn.send(h11.Data(data=body)) + conn.send(h11.EndOfMessage()))
+        response: h11.Response | None = None
+        data: list[bytes] = []
+        while True:
+            event = conn.next_event()
+            if event is h11.NEED_DATA:
+                conn.receive_data(sock.recv(65536))
+            elif isinstance(event, h11.Response):
+                response = event
+            elif isinstance(event, h11.Data):
+                data.append(bytes(event.data))
+            elif isinstance(event, h11.EndOfMessage):
+                assert response is not None
+                return response, b"".join(data), {bytes(k): bytes(v) for k, v in event.headers}

@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import json
 import pathlib
-import socket
-import time
 from collections.abc import Iterator
 
 import pytest
 
-from tests.servers import CLIENT_KEY, UPSTREAM_KEY_ENV, UPSTREAM_SECRET, Script, Stack, start_stack
+from tests.servers import CLIENT_KEY, UPSTREAM_KEY_ENV, UPSTREAM_SECRET, Script, Stack, send_raw, start_stack
 
 BODY = json.dumps({"model": "gpt-4o-mini", "messages": []}).encode()
 
@@ -23,20 +21,7 @@ def stack(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[S
 
 
 def exchange(stack: Stack, raw: bytes) -> bytes:
-    with socket.create_connection(("127.0.0.1", stack.proxy.port), timeout=5) as sock:
-        sock.sendall(raw)
-        out = b""
-        deadline = time.monotonic() + 3
-        sock.settimeout(1)
-        while time.monotonic() < deadline:
-            try:
-                data = sock.recv(65536)
-            except TimeoutError:
-                break
-            if not data:
-                break
-            out += data
-        return out
+    return send_raw(stack.proxy.port, raw)
 
 
 def request(target: bytes, extra: bytes = b"", host: bytes = b"127.0.0.1") -> bytes:

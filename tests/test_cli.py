@@ -21,16 +21,9 @@ from proxy.config import load_config, parse_config
 from proxy.demo import DEMO_TEXT
 from proxy.errors import ConfigError
 from proxy.ledger import SQLiteBackend
-from tests.servers import CLIENT_KEY, Script, proxy_config_text
+from tests.servers import CLIENT_KEY, Script, free_port, proxy_config_text
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def wait_until_serving(port: int, proc: subprocess.Popen[bytes], timeout_s: float = 20.0) -> None:

@@ -15,7 +15,6 @@ import gc
 import json
 import logging
 import pathlib
-import socket
 import ssl
 from collections.abc import Callable, Iterator
 from decimal import Decimal
@@ -33,7 +32,7 @@ from google.genai import errors as genai_errors
 
 from proxy.parsers.eventstream import EventStreamDecoder, event_frame
 from tests.conftest import load_expected
-from tests.servers import CLIENT_KEY, UPSTREAM_KEY_ENV, UPSTREAM_SECRET, Script, Stack, start_stack
+from tests.servers import CLIENT_KEY, UPSTREAM_KEY_ENV, UPSTREAM_SECRET, Script, Stack, h11_post, start_stack
 
 ROWS = load_expected()
 ANTHROPIC_ROWS = [row for row in ROWS if row["format"] == "anthropic"]
@@ -161,35 +160,8 @@ def assert_trailers(trailers: dict[bytes, bytes], figures: dict[str, int]) -> No
 def raw_exchange(
     stack: Stack, target: str, body: bytes, headers: list[tuple[str, str]], ca: str | None = None
 ) -> tuple[h11.Response, bytes, dict[bytes, bytes]]:
-    conn = h11.Connection(h11.CLIENT)
-    all_headers = [
-        ("host", f"127.0.0.1:{stack.proxy.port}"),
-        ("content-type", "application/json"),
-        ("content-length", str(len(body))),
-        ("te", "trailers"),
-        *headers,
-    ]
-    sock: socket.socket = socket.create_connection(("127.0.0.1", stack.proxy.port), timeout=10)
-    if ca is not None:
-        context = ssl.create_default_context(cafile=ca)
-        context.set_alpn_protocols(["http/1.1"])
-        sock = context.wrap_socket(sock, server_hostname="127.0.0.1")
-    with sock:
-        sock.sendall(conn.send(h11.Request(method="POST", target=target, headers=all_headers)))
-        sock.sendall(conn.send(h11.Data(data=body)) + conn.send(h11.EndOfMessage()))
-        response: h11.Response | None = None
-        data: list[bytes] = []
-        while True:
-            event = conn.next_event()
-            if event is h11.NEED_DATA:
-                conn.receive_data(sock.recv(65536))
-            elif isinstance(event, h11.Response):
-                response = event
-            elif isinstance(event, h11.Data):
-                data.append(bytes(event.data))
-            elif isinstance(event, h11.EndOfMessage):
-                assert response is not None
-                return response, b"".join(data), {bytes(k): bytes(v) for k, v in event.headers}
+    """A POST to the proxy that asks for trailers."""
+    return h11_post(stack.proxy.port, target, body, [("te", "trailers"), *headers], ca)
 
 
 def sse_json(body: bytes) -> list[dict[str, Any]]:

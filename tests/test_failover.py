@@ -29,6 +29,7 @@ from tests.servers import (
     ProxyServer,
     ReplayUpstream,
     Script,
+    free_port,
 )
 
 CHAT = b'data: {"id":"c","object":"chat.completion.chunk","choices":[{"index":0,"delta":{"content":"hi"}}]}\n\ndata: {"id":"c","object":"chat.completion.chunk","choices":[],"usage":{"prompt_tokens":3,"completion_tokens":1,"total_tokens":4}}\n\ndata: [DONE]\n\n'  # noqa: E501
@@ -63,13 +64,6 @@ class TwoProviders:
             if len(records) >= at_least or time.monotonic() > deadline:
                 return records
             time.sleep(0.02)
-
-
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
 
 
 def config_text(a_url: str, b_url: str, tmp: pathlib.Path, route_extra: str, provider_extra: str) -> str:
@@ -130,7 +124,7 @@ def start(
     a, b = ReplayUpstream(), ReplayUpstream()
     loop.run(a.server.start())
     loop.run(b.server.start())
-    a_url = f"http://127.0.0.1:{closed_port()}/v1" if a_unreachable else a.base_url
+    a_url = f"http://127.0.0.1:{free_port()}/v1" if a_unreachable else a.base_url
     config = parse_config(config_text(a_url, b.base_url, tmp, route_extra, provider_extra), "failover-test")
     proxy = ProxyServer(loop, config)
     proxy.start()

@@ -7,7 +7,6 @@ import asyncio
 import os
 import pathlib
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ import msgspec
 
 from proxy.journal import Journal, orphaned_journals, read_journal
 from proxy.ledger import LedgerRecord, SQLiteBackend, open_ledger
+from tests.servers import free_port
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -98,13 +98,6 @@ def test_the_next_start_recovers_what_a_killed_worker_left(tmp_path: pathlib.Pat
     assert rows == {"req-1": "completed", "req-2": "interrupted"}
     assert orphaned_journals(stem) == []
     assert asyncio.run(start_and_stop()) == 0  # nothing twice
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def test_sigkill_loses_no_record(tmp_path: pathlib.Path) -> None:

@@ -14,8 +14,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.servers import CLIENT_KEY, Script, Stack, start_stack
-from tests.test_cli import Served, free_port, wait_until_serving
+from tests.servers import CLIENT_KEY, Script, Stack, free_port, start_stack
+from tests.test_cli import Served, wait_until_serving
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 LOCUST = pathlib.Path(sys.executable).parent / "locust"

@@ -24,7 +24,7 @@ import openai
 import pytest
 
 from tests.conftest import load_expected
-from tests.servers import CLIENT_KEY, UPSTREAM_KEY_ENV, UPSTREAM_SECRET, Script, Stack, start_stack
+from tests.servers import CLIENT_KEY, UPSTREAM_KEY_ENV, UPSTREAM_SECRET, Script, Stack, h11_post, start_stack
 
 AUTH = {"authorization": f"Bearer {CLIENT_KEY}"}
 MESSAGES = [{"role": "user", "content": "hi"}]
@@ -167,31 +167,9 @@ def test_provider_can_opt_out_of_stream_options(tmp_path: pathlib.Path, monkeypa
 
 
 def h11_exchange(port: int, body: bytes, te: bool) -> tuple[h11.Response, bytes, list[tuple[bytes, bytes]]]:
-    conn = h11.Connection(h11.CLIENT)
-    headers = [
-        ("host", f"127.0.0.1:{port}"),
-        ("authorization", f"Bearer {CLIENT_KEY}"),
-        ("content-type", "application/json"),
-        ("content-length", str(len(body))),
-    ]
-    if te:
-        headers.append(("te", "trailers"))
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-        sock.sendall(conn.send(h11.Request(method="POST", target="/v1/chat/completions", headers=headers)))
-        sock.sendall(conn.send(h11.Data(data=body)) + conn.send(h11.EndOfMessage()))
-        response: h11.Response | None = None
-        data: list[bytes] = []
-        while True:
-            event = conn.next_event()
-            if event is h11.NEED_DATA:
-                conn.receive_data(sock.recv(65536))
-            elif isinstance(event, h11.Response):
-                response = event
-            elif isinstance(event, h11.Data):
-                data.append(bytes(event.data))
-            elif isinstance(event, h11.EndOfMessage):
-                assert response is not None
-                return response, b"".join(data), [(bytes(k), bytes(v)) for k, v in event.headers]
+    headers = [("authorization", f"Bearer {CLIENT_KEY}"), *([("te", "trailers")] if te else [])]
+    response, data, trailers = h11_post(port, "/v1/chat/completions", body, headers)
+    return response, data, list(trailers.items())
 
 
 REQUEST = json.dumps({"model": "gpt-4o-mini", "stream": True, "messages": MESSAGES}).encode()

@@ -26,8 +26,8 @@ from proxy.demo import DEMO_TEXT
 from proxy.ledger import Ledger, LedgerRecord, SQLiteBackend
 from proxy.metrics import MAX_MODELS, Metrics
 from proxy.observe import Finished, Started
-from tests.servers import CLIENT_KEY, UPSTREAM_KEY_ENV, UPSTREAM_SECRET, Script, Stack, start_stack
-from tests.test_cli import ROOT, Served, free_port, wait_until_serving
+from tests.servers import CLIENT_KEY, UPSTREAM_KEY_ENV, UPSTREAM_SECRET, Script, Stack, free_port, start_stack
+from tests.test_cli import ROOT, Served, wait_until_serving
 
 ADMIN_KEY = "tp-admin-test-key"
 ADMIN_SHA256 = hashlib.sha256(ADMIN_KEY.encode()).hexdigest()

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 import pathlib
-import socket
-import time
 from collections.abc import Iterator
 
 import anthropic
@@ -16,7 +14,7 @@ import openai
 import pytest
 from google import genai
 
-from tests.servers import CLIENT_KEY, UPSTREAM_KEY_ENV, UPSTREAM_SECRET, Script, Stack, start_stack
+from tests.servers import CLIENT_KEY, UPSTREAM_KEY_ENV, UPSTREAM_SECRET, Script, Stack, send_raw, start_stack
 
 AUTH = {"authorization": f"Bearer {CLIENT_KEY}"}
 REQUEST = {"model": "gpt-4o-mini", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
@@ -104,19 +102,7 @@ def test_a_cut_short_json_body_does_not_end_cleanly(stack: Stack) -> None:
 
 
 def raw(stack: Stack, head: bytes, body: bytes = b"", read_s: float = 3.0) -> bytes:
-    with socket.create_connection(("127.0.0.1", stack.proxy.port), timeout=read_s) as sock:
-        sock.sendall(head + body)
-        out = b""
-        deadline = time.monotonic() + read_s
-        while time.monotonic() < deadline:
-            try:
-                data = sock.recv(65536)
-            except TimeoutError:
-                break
-            if not data:
-                break
-            out += data
-        return out
+    return send_raw(stack.proxy.port, head + body, read_s)
 
 
 def post_head(length: int, extra: str = "") -> bytes:
