@@ -24,7 +24,6 @@ from collections.abc import AsyncIterator
 from decimal import Decimal
 from typing import Any
 
-import httpx
 import msgspec
 
 from proxy import headers as h
@@ -65,7 +64,7 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 async def handle(state: ProxyState, scope: Scope, receive: Receive, send: Send) -> None:
     ex = new_exchange(scope)
-    response: httpx.Response | None = None
+    response: up.UpstreamResponse | None = None
     watcher: asyncio.Task[None] | None = None
     me = asyncio.current_task()
     if me is not None:
@@ -103,8 +102,8 @@ async def handle(state: ProxyState, scope: Scope, receive: Receive, send: Send) 
         # From here on the client may leave at any moment (waiting for a head, backing off, streaming): one
         # watcher for the rest of the request cancels this task when it does.
         watcher = asyncio.get_running_loop().create_task(_watch(ex, receive, asyncio.current_task()))
-        response, chunks, first = await open_with_failover(state, ex, plan, scope, request, body)
-        await relay(state, ex, response, chunks, first, send)
+        response = await open_with_failover(state, ex, plan, scope, request, body)
+        await relay(state, ex, response, send)
     except ProxyError as exc:
         if isinstance(exc, UpstreamError):
             ex.outcome = "timeout" if isinstance(exc, UpstreamTimeout) else "upstream_error"
@@ -135,7 +134,7 @@ async def handle(state: ProxyState, scope: Scope, receive: Receive, send: Send) 
         if watcher is not None:
             watcher.cancel()
         if response is not None:
-            await up.close(response)
+            response.close()
         finish(state, ex)
 
 
@@ -167,9 +166,10 @@ async def _watch(ex: Exchange, receive: Receive, task: asyncio.Task[Any] | None)
 
 async def open_with_failover(
     state: ProxyState, ex: Exchange, plan: Plan, scope: Scope, request: dict[str, Any], body: bytes
-) -> tuple[httpx.Response, AsyncIterator[bytes], bytes | None]:
-    """Try the plan's providers until one gives a response worth relaying (see proxy.failover). Returns the
-    response, its body iterator, and the first chunk when the route gates on it. Raises the last failure."""
+) -> up.UpstreamResponse:
+    """Try the plan's providers until one gives a response worth relaying (see proxy.failover), and return it
+    with its body not yet read (a gated route's first chunk is looked at and put back). Raises the last
+    failure."""
     assert ex.route is not None
     order, ex.reason = attempt_order(plan)
     retry = state.config.retry
@@ -207,30 +207,37 @@ async def open_with_failover(
         else:
             status = response.status_code
             if status in RETRYABLE_STATUSES and not last:
-                wait_s = retry_after_s(response.headers.get("retry-after"))
+                wait_s = retry_after_s(response.header(b"retry-after"))
                 if wait_s is not None and wait_s > retry.retry_after_cap_s:
                     skipped.add(name)  # it asked for longer than we wait: try the others
                 if not _nothing_left(order, i, skipped):
                     delay_s = wait_s if wait_s is not None and name not in skipped else 0.0
-                    await up.close(response)
+                    response.close()
                     failure = str(status)
                     continue
                 # No attempt left worth making: this answer, with its Retry-After, is the client's.
-            chunks = up.iter_raw(response)
-            first: bytes | None = None
             if plan.gate_first_chunk and status < 300:
-                first = await anext(chunks, b"")
+                first = await _first_chunk(response)
                 if not last and ex.dialect.first_chunk_failed(ex.route, first):
-                    await up.close(response)
+                    response.close()
                     failure = "error_event"
                     continue
+                response.unread(first)
             if i:
                 ex.reason = "failover:" + failure
-            return response, chunks, first
+            return response
         if last or _nothing_left(order, i, skipped):
             raise error
         delay_s = 0.0
     raise UpstreamError(f"every provider for this model failed (last: {failure})")
+
+
+async def _first_chunk(response: up.UpstreamResponse) -> bytes:
+    try:
+        return await response.read()
+    except BaseException:
+        response.close()
+        raise
 
 
 def _nothing_left(order: list[Upstream], i: int, skipped: set[str]) -> bool:

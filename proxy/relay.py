@@ -12,9 +12,7 @@ largest gap metric, the keep-alive ticker) and knows whether the client holds wh
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-
-import httpx
+from collections.abc import Awaitable, Callable
 
 from proxy import headers as h
 from proxy.asgi_types import Send
@@ -24,6 +22,7 @@ from proxy.metering import Meter, StreamMetering, new_meter, render_inline_comme
 from proxy.providers.base import FrameFilter
 from proxy.scrub import SecretScrubber, scrub_headers
 from proxy.state import ProxyState
+from proxy.upstream import UpstreamResponse
 from proxy.usage import Usage
 
 _STREAMING_HEADERS: h.Headers = [(b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
@@ -32,9 +31,7 @@ _STREAMING_HEADERS: h.Headers = [(b"cache-control", b"no-cache"), (b"x-accel-buf
 async def relay(
     state: ProxyState,
     ex: Exchange,
-    response: httpx.Response,
-    chunks: AsyncIterator[bytes],
-    first: bytes | None,
+    response: UpstreamResponse,
     send: Send,
 ) -> None:
     """Tee the upstream body to the client while the meter reads it on the side. (The client leaving cancels
@@ -42,14 +39,14 @@ async def relay(
     assert ex.upstream is not None and ex.route is not None
     dialect, route = ex.dialect, ex.route
     ex.status = response.status_code
-    content_type = response.headers.get("content-type", "")
+    content_type = response.header(b"content-type") or ""
     streaming = ex.streaming = response.status_code < 400 and dialect.is_stream(route, content_type)
     sse = content_type.startswith("text/event-stream")
     meter: Meter | None = None
     if state.metering and route.billable:
-        meter = new_meter(dialect, route, streaming, list(response.headers.raw))
+        meter = new_meter(dialect, route, streaming, response.headers)
     ex.meter = meter
-    response_headers = h.client_response_headers(list(response.headers.raw))
+    response_headers = h.client_response_headers(response.headers)
     scrubber: SecretScrubber | None = None
     if ex.upstream.api_key:
         secret = ex.upstream.api_key.encode()
@@ -62,9 +59,9 @@ async def relay(
         comment = (lambda: render_inline_comment(state, ex)) if ex.inline_usage and sse else None
         frame_filter = dialect.frame_filter(route, meter.inner, ex.strip_usage_frame, comment)
     if not streaming and frame_filter is None and scrubber is None and not ex.trailers:
-        length = response.headers.get("content-length")
+        length = h.get(response.headers, b"content-length")
         if length is not None:
-            response_headers.append((b"content-length", length.encode()))
+            response_headers.append((b"content-length", length))
     if streaming:
         present = {name for name, _ in response_headers}
         response_headers.extend((name, value) for name, value in _STREAMING_HEADERS if name not in present)
@@ -90,8 +87,7 @@ async def relay(
 
     failure: UpstreamError | None = None
     try:
-        # Only a gated route has a first chunk in hand: the common case iterates the upstream directly.
-        await _pump(chunks if not first else _prepend(first, chunks), emit, scrubber, frame_filter, meter)
+        await _pump(response.read, emit, scrubber, frame_filter, meter)
     except UpstreamError as exc:
         failure = exc
         ex.outcome = "timeout" if isinstance(exc, UpstreamTimeout) else "upstream_error"
@@ -128,33 +124,27 @@ async def relay(
     ex.done = True
 
 
-async def _prepend(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    yield first
-    async for chunk in rest:
-        yield chunk
-
-
 async def _pump(
-    body: AsyncIterator[bytes],
+    read: Callable[[], Awaitable[bytes]],
     emit: Callable[[bytes], Awaitable[None]],
     scrubber: SecretScrubber | None,
     frame_filter: FrameFilter | None,
     meter: Meter | None,
 ) -> None:
     if scrubber is not None:
-        async for chunk in body:
+        while chunk := await read():
             out = scrubber.feed(chunk)
             if out:
                 await emit(out)
             if meter is not None:
                 meter.feed(chunk)
     elif frame_filter is None:
-        async for chunk in body:
+        while chunk := await read():
             await emit(chunk)  # the tee: forward first ...
             if meter is not None:
                 meter.feed(chunk)  # ... then let the sidecar read it
     else:
-        async for chunk in body:
+        while chunk := await read():
             out = frame_filter.feed(chunk)
             if out:
                 await emit(out)

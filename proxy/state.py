@@ -5,8 +5,6 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-import httpx
-
 from proxy import headers as h
 from proxy.asgi_types import Scope
 from proxy.config import Config
@@ -17,12 +15,13 @@ from proxy.observe import Observer
 from proxy.pricing import Pricer
 from proxy.providers.base import Dialect
 from proxy.routing import KeyRing, Router
+from proxy.upstream import UpstreamClient
 
 
 @dataclass(slots=True)
 class ProxyState:
     config: Config
-    client: httpx.AsyncClient
+    client: UpstreamClient
     router: Router
     keys: KeyRing
     ledger: Ledger

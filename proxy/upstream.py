@@ -1,134 +1,122 @@
-"""The one long-lived httpx client, and the one place httpx errors become ProxyErrors.
+"""Requests to providers: the one long-lived client, a response whose body is read as it arrives.
 
-One `httpx.AsyncClient` serves every provider: pooled, keep-alive, no redirects (a redirect from a provider
-is forwarded as is, never followed to a host the config did not name), no environment proxies, no
-automatic decompression on the relay path (`aiter_raw`).
+The hot path is an asyncio Protocol with h11 (`proxy.upstream_conn`) over an O(1) pool
+(`proxy.upstream_pool`): no redirects (a provider's redirect is forwarded as is, never followed to a host the
+config did not name), no environment proxies, no decompression (the relay forwards the bytes as sent, and
+asks for `identity`).
+
+httpx keeps one job here, where it earns its place: turning a URL string into the origin and the request
+target exactly as it always has (percent-encoding, dot segments, IDNA), so that what Bedrock's SigV4
+signature covers is what goes on the wire. Its result is cached per URL.
 """
 
 from __future__ import annotations
 
-import contextlib
-import ssl
-from collections.abc import AsyncIterator
-from typing import Any
+from dataclasses import dataclass
 
-import anyio.abc
-import httpcore
 import httpx
-from httpcore._backends.anyio import AnyIOBackend, AnyIOStream
-from httpcore._utils import is_socket_readable
 
 from proxy.config import ProviderConfig
-from proxy.errors import ProxyError, UpstreamConnectError, UpstreamProtocolError, UpstreamTimeout
+from proxy.errors import UpstreamConnectError
 from proxy.providers.base import Outgoing
-from proxy.upstream_pool import UpstreamPool
+from proxy.upstream_conn import StaleConnection, UpstreamConnection
+from proxy.upstream_pool import Origin, UpstreamPool
 
 # One upstream connection per in-flight stream (HTTP/1.1): the pool must be as large as the concurrency a worker
 # serves, or streams queue inside the proxy with no byte sent. The process's fd limit is the real bound.
 MAX_CONNECTIONS = 16384
 KEEPALIVE_EXPIRY_S = 60.0
+POOL_TIMEOUT_S = 30.0
+# Distinct upstream URLs remembered (they repeat: a base URL and a path per endpoint and model).
+_URL_CACHE_SIZE = 1024
 
 
-class _Stream(AnyIOStream):
-    """anyio's stream with the raw socket looked up once.
+@dataclass(frozen=True, slots=True)
+class _Target:
+    origin: Origin
+    host: bytes  # the Host header: the authority, without a default port
+    path: bytes  # the request target: path and query
 
-    httpcore checks every idle pooled connection for readability each time it assigns a request to a
-    connection; anyio answers `get_extra_info("socket")` by rebuilding a dict of socket attributes (with a
-    getpeername() syscall) on every call. Profiling the proxy at 50 concurrent streams put 40 % of its CPU
-    there. Caching the socket makes the check one poll() per idle connection, as httpcore intends.
+
+class UpstreamClient:
+    def __init__(self, pool: UpstreamPool | None = None) -> None:
+        self.pool = pool or UpstreamPool(MAX_CONNECTIONS, KEEPALIVE_EXPIRY_S)
+        self.pool_timeout = POOL_TIMEOUT_S
+        self._targets: dict[str, _Target] = {}
+
+    def target(self, url: str) -> _Target:
+        found = self._targets.get(url)
+        if found is None:
+            parsed = httpx.URL(url)
+            scheme = parsed.scheme
+            if scheme not in ("http", "https") or not parsed.host:
+                raise UpstreamConnectError("the provider's base_url is not an http(s) URL")
+            port = parsed.port or (443 if scheme == "https" else 80)
+            found = _Target((scheme, parsed.host, port), parsed.netloc, parsed.raw_path)
+            if len(self._targets) >= _URL_CACHE_SIZE:
+                self._targets.clear()
+            self._targets[url] = found
+        return found
+
+    async def aclose(self) -> None:
+        self.pool.close()
+
+
+def make_client() -> UpstreamClient:
+    return UpstreamClient()
+
+
+class UpstreamResponse:
+    """Status and headers (names lowercased); `read()` gives the body one socket read at a time, b"" at its end;
+    `close()` gives the connection back to the pool, or closes it when the body was not read to its end."""
+
+    __slots__ = ("status_code", "headers", "read", "unread", "_connection", "_pool")
+
+    def __init__(
+        self, status_code: int, headers: list[tuple[bytes, bytes]], connection: UpstreamConnection, pool: UpstreamPool
+    ) -> None:
+        self.status_code = status_code
+        self.headers = headers
+        self.read = connection.read
+        self.unread = connection.unread
+        self._connection: UpstreamConnection | None = connection
+        self._pool = pool
+
+    def header(self, name: bytes) -> str | None:
+        for key, value in self.headers:
+            if key == name:
+                return value.decode("latin-1")
+        return None
+
+    def close(self) -> None:
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            self._pool.release(connection)
+
+
+async def open_stream(client: UpstreamClient, outgoing: Outgoing, provider: ProviderConfig) -> UpstreamResponse:
+    """Send the request and return the response with its body not yet read.
+
+    A kept-alive connection that the provider closed just as it was reused (before any byte of a response) is
+    retried once on a new connection; any other failure is raised as the `UpstreamError` it is.
     """
-
-    def __init__(self, stream: anyio.abc.ByteStream) -> None:
-        super().__init__(stream)
-        self._sock = stream.extra(anyio.abc.SocketAttribute.raw_socket, None)
-
-    def get_extra_info(self, info: str) -> Any:
-        if info == "is_readable":
-            return self._sock is not None and is_socket_readable(self._sock)
-        if info == "socket":
-            return self._sock
-        return super().get_extra_info(info)
-
-    async def start_tls(
-        self,
-        ssl_context: ssl.SSLContext,
-        server_hostname: str | None = None,
-        timeout: float | None = None,  # noqa: ASYNC109 - httpcore's interface
-    ) -> httpcore.AsyncNetworkStream:
-        tls = await super().start_tls(ssl_context, server_hostname, timeout)
-        assert isinstance(tls, AnyIOStream)
-        return _Stream(tls._stream)
-
-
-class _Backend(AnyIOBackend):
-    async def connect_tcp(self, *args: Any, **kwargs: Any) -> httpcore.AsyncNetworkStream:
-        stream = await super().connect_tcp(*args, **kwargs)
-        assert isinstance(stream, AnyIOStream)
-        return _Stream(stream._stream)
-
-
-def make_client() -> httpx.AsyncClient:
-    limits = httpx.Limits(
-        max_connections=MAX_CONNECTIONS,
-        max_keepalive_connections=MAX_CONNECTIONS,
-        keepalive_expiry=KEEPALIVE_EXPIRY_S,
-    )
-    transport = httpx.AsyncHTTPTransport(limits=limits, trust_env=False)
-    # The pool httpx would build, with O(1) connection hand-out (`upstream_pool.py`) and the cached socket above
-    # (httpcore internals, pinned in pyproject).
-    transport._pool = UpstreamPool(
-        ssl_context=httpx.create_ssl_context(trust_env=False),
-        max_connections=MAX_CONNECTIONS,
-        max_keepalive_connections=MAX_CONNECTIONS,
-        keepalive_expiry=KEEPALIVE_EXPIRY_S,
-        http1=True,
-        http2=False,
-        network_backend=_Backend(),
-    )
-    return httpx.AsyncClient(transport=transport, timeout=None, follow_redirects=False, trust_env=False)
-
-
-def timeout_for(provider: ProviderConfig) -> httpx.Timeout:
-    # `read` bounds the gap between two reads, not the whole stream: a long generation is fine, a stalled
-    # one is cut.
-    return httpx.Timeout(
-        connect=provider.connect_timeout_s, read=provider.read_timeout_s, write=provider.read_timeout_s, pool=30.0
-    )
-
-
-def map_error(exc: httpx.HTTPError) -> ProxyError:
-    """Most specific first. Messages name the kind of failure, never a URL with credentials or a key."""
-    if isinstance(exc, httpx.ConnectTimeout | httpx.PoolTimeout):
-        return UpstreamTimeout("timed out connecting to the upstream provider")
-    if isinstance(exc, httpx.TimeoutException):
-        return UpstreamTimeout("the upstream provider stopped sending within the read timeout")
-    if isinstance(exc, httpx.ConnectError):
-        return UpstreamConnectError("could not connect to the upstream provider")
-    if isinstance(exc, httpx.RemoteProtocolError | httpx.ReadError | httpx.WriteError):
-        return UpstreamProtocolError("the upstream provider closed the connection or broke the protocol")
-    return UpstreamProtocolError(f"upstream request failed ({type(exc).__name__})")
-
-
-async def open_stream(client: httpx.AsyncClient, outgoing: Outgoing, provider: ProviderConfig) -> httpx.Response:
-    """Send the request and return the response with its body not yet read."""
-    request = client.build_request(
-        outgoing.method, outgoing.url, headers=outgoing.headers, content=outgoing.body, timeout=timeout_for(provider)
-    )
-    try:
-        return await client.send(request, stream=True)
-    except httpx.HTTPError as exc:
-        raise map_error(exc) from None
-
-
-async def iter_raw(response: httpx.Response) -> AsyncIterator[bytes]:
-    """The upstream body, one item per network read, untouched; httpx errors mapped."""
-    try:
-        async for chunk in response.aiter_raw():
-            yield chunk
-    except httpx.HTTPError as exc:
-        raise map_error(exc) from None
-
-
-async def close(response: httpx.Response) -> None:
-    with contextlib.suppress(httpx.HTTPError):
-        await response.aclose()
+    target = client.target(outgoing.url)
+    headers = [(b"host", target.host), *outgoing.headers, (b"content-length", str(len(outgoing.body)).encode())]
+    method = outgoing.method.encode()
+    pool = client.pool
+    for attempt in range(2):
+        connection = await pool.acquire(target.origin, provider.connect_timeout_s, client.pool_timeout)
+        try:
+            status, response_headers = await connection.send_request(
+                method, target.path, headers, outgoing.body, provider.read_timeout_s
+            )
+        except StaleConnection:
+            pool.discard(connection)
+            if attempt:
+                raise
+            continue
+        except BaseException:
+            pool.discard(connection)
+            raise
+        return UpstreamResponse(status, response_headers, connection, pool)
+    raise AssertionError("unreachable")

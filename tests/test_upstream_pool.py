@@ -1,20 +1,26 @@
 """The upstream pool as the provider sees it: how many connections it opens, reuses, holds and gives up.
 
-A real keep-alive HTTP/1.1 server on 127.0.0.1 counts the connections it accepts; the client is httpx over
-`UpstreamPool`, as in the proxy. Each test runs its own event loop.
+A real keep-alive HTTP/1.1 server on 127.0.0.1 counts the connections it accepts; the client is the proxy's
+own (`proxy.upstream.open_stream` over `UpstreamPool`). Each test runs its own event loop.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+import contextlib
+import ssl
+from collections.abc import AsyncIterator, Awaitable, Callable
 
-import httpx
 import pytest
+import trustme
 
+from proxy.config import ProviderConfig
 from proxy.demo import H11Server, Reply, Request
-from proxy.upstream import _Backend
-from proxy.upstream_pool import UpstreamPool
+from proxy.errors import UpstreamConnectError, UpstreamTimeout
+from proxy.providers.base import Outgoing
+from proxy.upstream import UpstreamClient, open_stream
+from proxy.upstream_conn import HIGH_WATER
+from proxy.upstream_pool import UpstreamPool, default_ssl_context
 
 
 class CountingServer(H11Server):
@@ -54,19 +60,68 @@ class CountingServer(H11Server):
             writer.close()
 
 
-def client_over(pool: UpstreamPool) -> httpx.AsyncClient:
-    transport = httpx.AsyncHTTPTransport()
-    transport._pool = pool
-    return httpx.AsyncClient(transport=transport)
+@contextlib.asynccontextmanager
+async def raw_server(
+    serve: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]],
+    ssl_context: ssl.SSLContext | None = None,
+) -> AsyncIterator[str]:
+    """A scripted upstream on 127.0.0.1 (yields its URL); every connection it holds is closed on the way out."""
+    handlers: set[asyncio.Task[None]] = set()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        handlers.add(task)
+        try:
+            await serve(reader, writer)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=ssl_context)
+    try:
+        yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/"
+    finally:
+        server.close()
+        for task in handlers:
+            task.cancel()
+        await asyncio.gather(*handlers, return_exceptions=True)
+        await server.wait_closed()
+        await asyncio.sleep(0.01)
+
+
+PROVIDER = ProviderConfig(name="test", base_url="http://127.0.0.1")
+
+
+class Client(UpstreamClient):
+    """`get(url)` → the body as text, read to its end (the connection goes back to the pool)."""
+
+    async def get(self, url: str, pool_timeout: float | None = None) -> str:
+        if pool_timeout is not None:
+            self.pool_timeout = pool_timeout
+        response = await open_stream(self, Outgoing("POST", url, [], b"{}"), PROVIDER)
+        parts = []
+        try:
+            while chunk := await response.read():
+                parts.append(chunk)
+        finally:
+            response.close()
+        return b"".join(parts).decode()
+
+    async def __aenter__(self) -> Client:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+
+def client_over(pool: UpstreamPool) -> Client:
+    return Client(pool)
 
 
 def make_pool(max_connections: int = 100, keepalive_expiry: float = 60.0) -> UpstreamPool:
-    return UpstreamPool(
-        max_connections=max_connections,
-        max_keepalive_connections=max_connections,
-        keepalive_expiry=keepalive_expiry,
-        network_backend=_Backend(),
-    )
+    return UpstreamPool(max_connections=max_connections, keepalive_expiry=keepalive_expiry)
 
 
 def run(test: Callable[[CountingServer, str], Awaitable[None]]) -> None:
@@ -86,7 +141,7 @@ def test_sequential_requests_share_one_connection() -> None:
     async def test(server: CountingServer, url: str) -> None:
         async with client_over(make_pool()) as client:
             for _ in range(5):
-                assert (await client.get(url + "/")).text == "ok"
+                assert (await client.get(url + "/")) == "ok"
         assert server.accepted == 1
 
     run(test)
@@ -99,9 +154,9 @@ def test_concurrent_streams_get_a_connection_each_then_reuse_them() -> None:
                 first = [group.create_task(client.get(url + "/hold")) for _ in range(20)]
                 await server.until(lambda: server.held == 20)  # all 20 at the server at once: none queued in the pool
                 server.release.set()
-            assert [r.result().text for r in first] == ["ok"] * 20
+            assert [r.result() for r in first] == ["ok"] * 20
             again = await asyncio.gather(*(client.get(url + "/") for _ in range(20)))
-            assert [r.text for r in again] == ["ok"] * 20
+            assert list(again) == ["ok"] * 20
         assert server.accepted == 20
 
     run(test)
@@ -117,7 +172,7 @@ def test_at_the_limit_a_request_waits_for_a_connection_to_come_back() -> None:
             await asyncio.sleep(0.1)
             assert not third.done() and server.accepted == 2
             server.release.set()
-            assert (await third).text == "ok"
+            assert (await third) == "ok"
         assert server.accepted == 2
 
     run(test)
@@ -129,10 +184,10 @@ def test_at_the_limit_the_pool_timeout_holds() -> None:
             async with asyncio.TaskGroup() as group:
                 group.create_task(client.get(url + "/hold"))
                 await server.until(lambda: server.held == 1)
-                with pytest.raises(httpx.PoolTimeout):
-                    await client.get(url + "/", timeout=httpx.Timeout(5.0, pool=0.1))
+                with pytest.raises(UpstreamTimeout):
+                    await client.get(url + "/", pool_timeout=0.1)
                 server.release.set()
-            assert (await client.get(url + "/")).text == "ok"  # the timed-out waiter left nothing behind
+            assert (await client.get(url + "/")) == "ok"  # the timed-out waiter left nothing behind
 
     run(test)
 
@@ -145,7 +200,7 @@ def test_a_cancelled_request_gives_its_connection_back() -> None:
             waiting = group.create_task(client.get(url + "/"))
             await asyncio.sleep(0.05)
             held.cancel()  # a client that went away mid-request
-            assert (await waiting).text == "ok"
+            assert (await waiting) == "ok"
 
     run(test)
 
@@ -153,10 +208,10 @@ def test_a_cancelled_request_gives_its_connection_back() -> None:
 def test_a_connection_the_server_closed_while_idle_is_not_reused() -> None:
     async def test(server: CountingServer, url: str) -> None:
         async with client_over(make_pool()) as client:
-            assert (await client.get(url + "/")).text == "ok"
+            assert (await client.get(url + "/")) == "ok"
             server.close_idle_connections()
             await asyncio.sleep(0.05)
-            assert (await client.get(url + "/")).text == "ok"
+            assert (await client.get(url + "/")) == "ok"
         assert server.accepted == 2
 
     run(test)
@@ -165,9 +220,9 @@ def test_a_connection_the_server_closed_while_idle_is_not_reused() -> None:
 def test_an_idle_connection_past_keepalive_expiry_is_replaced() -> None:
     async def test(server: CountingServer, url: str) -> None:
         async with client_over(make_pool(keepalive_expiry=0.05)) as client:
-            assert (await client.get(url + "/")).text == "ok"
+            assert (await client.get(url + "/")) == "ok"
             await asyncio.sleep(0.1)
-            assert (await client.get(url + "/")).text == "ok"
+            assert (await client.get(url + "/")) == "ok"
         assert server.accepted == 2
 
     run(test)
@@ -214,9 +269,9 @@ def test_a_connection_with_bytes_past_the_response_is_never_reused() -> None:
         url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/"
         try:
             async with client_over(make_pool()) as client:
-                first = (await client.get(url)).text
+                first = await client.get(url)
                 await asyncio.sleep(0.1)
-                second = (await client.get(url)).text
+                second = await client.get(url)
         finally:
             server.close()
             for writer in writers:
@@ -228,39 +283,143 @@ def test_a_connection_with_bytes_past_the_response_is_never_reused() -> None:
     asyncio.run(main())
 
 
-def test_releasing_while_others_take_idle_connections_does_not_fail() -> None:
-    """`_release` awaits closes of expired idle connections; meanwhile other requests take from the same deque."""
-    import collections
+def test_a_kept_alive_connection_closed_as_it_is_reused_is_retried_once_on_a_new_one() -> None:
+    """The provider closes an idle connection just as a request goes out on it (no byte of a response): the
+    request is sent again on a new connection instead of failing the client."""
+    accepted = 0
 
-    from httpcore._models import Origin
-
-    class Fake:
-        def __init__(self, expired: bool = False) -> None:
-            self.expired, self.closed = expired, False
-
-        def is_idle(self) -> bool:
-            return True
-
-        def is_closed(self) -> bool:
-            return self.closed
-
-        def has_expired(self) -> bool:
-            return self.expired
-
-        async def aclose(self) -> None:
-            self.closed = True
-            await asyncio.sleep(0)
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal accepted
+        accepted += 1
+        await reader.readuntil(b"{}")
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+        await writer.drain()
+        await reader.readuntil(b"{}")  # the second request on this connection: closed without an answer
 
     async def main() -> None:
-        pool, origin = make_pool(), Origin(b"http", b"127.0.0.1", 9)
-        idle = collections.deque([Fake(expired=True), Fake(), Fake()])
-        pool._idle[(origin.scheme, origin.host, origin.port)] = idle  # type: ignore[assignment]
-        pool._owned.update(idle)  # type: ignore[arg-type]
-        back = Fake()
-        pool._owned.add(back)  # type: ignore[arg-type]
-        async with asyncio.TaskGroup() as group:
-            group.create_task(pool._release(back, origin))  # type: ignore[arg-type]
-            for _ in range(3):
-                group.create_task(pool._acquire(origin, None))
+        async with raw_server(serve) as url, client_over(make_pool()) as client:
+            assert await client.get(url) == "ok"
+            assert await client.get(url) == "ok"
+        assert accepted == 2
+
+    asyncio.run(main())
+
+
+def test_one_read_of_many_chunks_is_one_piece_of_body() -> None:
+    """A read that holds a hundred HTTP chunks reaches the relay as one piece, byte for byte: one ASGI message
+    and one send() to the client instead of a hundred."""
+    frames = [b'data: {"n": %d}\n\n' % i for i in range(100)]
+    wire = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n" + b"".join(
+        b"%x\r\n%s\r\n" % (len(frame), frame) for frame in frames
+    )
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"{}")
+        writer.write(wire)  # the head and every chunk in one write
+        await writer.drain()
+        await asyncio.sleep(0.2)
+        writer.write(b"0\r\n\r\n")
+        await writer.drain()
+        await reader.read()
+
+    async def main() -> list[bytes]:
+        async with raw_server(serve) as url, client_over(make_pool()) as client:
+            response = await open_stream(client, Outgoing("POST", url, [], b"{}"), PROVIDER)
+            pieces = []
+            while chunk := await response.read():
+                pieces.append(chunk)
+            response.close()
+            return pieces
+
+    assert asyncio.run(main()) == [b"".join(frames)]
+
+
+@pytest.mark.parametrize("stall", ["before the head", "after the first chunk"])
+def test_a_silent_upstream_is_cut_at_the_read_timeout(stall: str) -> None:
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"{}")
+        if stall == "after the first chunk":
+            writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n")
+        await reader.read()  # then nothing, until the client leaves
+
+    async def main() -> float:
+        loop = asyncio.get_running_loop()
+        async with raw_server(serve) as url, client_over(make_pool()) as client:
+            provider = ProviderConfig(name="test", base_url=url, read_timeout_s=0.3)
+            started = loop.time()
+            with pytest.raises(UpstreamTimeout):
+                response = await open_stream(client, Outgoing("POST", url, [], b"{}"), provider)
+                try:
+                    assert await response.read() == b"abc"
+                    await response.read()
+                finally:
+                    response.close()
+            return loop.time() - started
+
+    assert 0.25 < asyncio.run(main()) < 5
+
+
+def test_a_reader_that_stops_reading_stops_the_socket_being_read() -> None:
+    """Backpressure: while nobody takes the body, the connection holds at most HIGH_WATER plus one socket read
+    and the provider's writes stall, instead of the proxy buffering the whole response."""
+    total = 64 * 1024 * 1024
+    sent = 0
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal sent
+        await reader.readuntil(b"{}")
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % total)
+        block = b"x" * 65536
+        while sent < total:
+            writer.write(block)
+            await writer.drain()
+            sent += len(block)
+        await reader.read()
+
+    async def main() -> int:
+        async with raw_server(serve) as url, client_over(make_pool()) as client:
+            response = await open_stream(client, Outgoing("POST", url, [], b"{}"), PROVIDER)
+            await asyncio.sleep(0.5)
+            connection = response._connection
+            assert connection is not None
+            assert connection._buffered <= HIGH_WATER + 256 * 1024
+            assert sent < total // 4  # the provider is held back by TCP, not drained into the proxy
+            got = 0
+            while chunk := await response.read():
+                got += len(chunk)
+            response.close()
+            return got
+
+    assert asyncio.run(main()) == total
+
+
+def test_tls_upstreams_have_their_certificates_checked() -> None:
+    """An https provider whose certificate no trusted authority signed is refused before any byte of the request
+    is sent; the same server is served once its authority is trusted."""
+    authority = trustme.CA()
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    authority.issue_cert("127.0.0.1").configure_cert(server_context)
+    requests = 0
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal requests
+        await reader.readuntil(b"{}")
+        requests += 1
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\nsecret")
+        await writer.drain()
+        await reader.read()
+
+    async def main() -> None:
+        async with raw_server(serve, ssl_context=server_context) as url:
+            url = url.replace("http://", "https://")
+            async with client_over(make_pool()) as client:  # the default roots: this authority is unknown
+                with pytest.raises(UpstreamConnectError, match="certificate did not verify"):
+                    await client.get(url)
+            assert requests == 0
+            trusting = default_ssl_context()
+            authority.configure_trust(trusting)
+            async with client_over(UpstreamPool(10, 60.0, trusting)) as client:
+                assert await client.get(url) == "secret"
+            assert requests == 1
 
     asyncio.run(main())
