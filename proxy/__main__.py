@@ -34,8 +34,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
     path = _config_path(args)
     config = load_config(path)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # httpx logs every request at INFO: per-request logging stays off the hot path.
-    logging.getLogger("httpx").setLevel(logging.WARNING)
     if (args.certfile is None) != (args.keyfile is None):
         raise ConfigError("--certfile and --keyfile go together: give both or neither")
     if args.certfile is not None:

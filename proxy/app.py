@@ -17,10 +17,11 @@ import os
 import shutil
 import tempfile
 
-from proxy import cors, forward
+from proxy import collector, cors, forward
 from proxy.access_log import AccessLog
 from proxy.admin import build_admin
 from proxy.asgi_types import Receive, Scope, Send
+from proxy.collector import GcWatch
 from proxy.config import Config
 from proxy.demo import DemoUpstream
 from proxy.errors import StartupError
@@ -40,9 +41,13 @@ ADMIN_PREFIX = "/admin/"
 
 
 class TeeProxy:
-    def __init__(self, config: Config, http11_trailers: bool = False) -> None:
+    def __init__(self, config: Config, http11_trailers: bool = False, tune_gc: bool = False) -> None:
         self.config = config
         self.http11_trailers = http11_trailers
+        # A server process sets the collector for a relay once started (proxy.collector); an app embedded in
+        # another process (the tests') leaves that process's collector alone.
+        self.tune_gc = tune_gc
+        self._gc_watch = GcWatch()
         self.state: ProxyState | None = None
         self.metrics = Metrics()
         # Where this run's workers publish live events: $TEEPROXY_LIVE_DIR (N workers, made by proxy.serving),
@@ -107,6 +112,9 @@ class TeeProxy:
             observers=self._observers(),
         )
         self._sampler = asyncio.get_running_loop().create_task(self._sample_forever(), name="metrics-sampler")
+        if self.tune_gc:
+            collector.tune()
+        self._gc_watch.install()
 
     def _observers(self) -> list[Observer]:
         self.stopping.clear()
@@ -126,8 +134,12 @@ class TeeProxy:
     async def _sample_forever(self) -> None:
         """This worker's ledger queue into the metrics: other workers serve scrapes too, and read it from there."""
         while True:
-            self.metrics.sample(self.state.ledger if self.state is not None else None)
+            self.sample()
             await asyncio.sleep(SAMPLE_INTERVAL_S)
+
+    def sample(self) -> None:
+        """This worker's figures into the metrics (every second, and when a scrape is served)."""
+        self.metrics.sample(self.state.ledger if self.state is not None else None, self._gc_watch.drain())
 
     def begin_shutdown(self) -> None:
         """A stop signal (proxy.serving): end the live view's streams now, and drain the proxied requests
@@ -148,7 +160,8 @@ class TeeProxy:
             await state.client.aclose()
             await state.keepalive.aclose()
             await state.ledger.aclose()
-            self.metrics.sample(state.ledger)
+            self.metrics.sample(state.ledger, self._gc_watch.drain())
+        self._gc_watch.uninstall()
         for closer in self._closers:
             closer.close()
         self._closers = []

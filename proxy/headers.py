@@ -27,7 +27,7 @@ HOP_BY_HOP = frozenset(
 )
 
 # Never sent upstream: the client's own credentials (the proxy attaches the provider's), the Host (rewritten),
-# the body framing (httpx recomputes it for the body we send), Accept-Encoding (we ask for identity so the
+# the body framing (recomputed for the body we send), Accept-Encoding (we ask for identity so the
 # sidecar meter reads plain bytes and content-length stays true to what the client gets), our own headers.
 _REQUEST_DROP = frozenset(
     {

@@ -50,6 +50,7 @@ __all__ = ["CONTENT_TYPE", "Metrics", "multiprocess_mode"]
 # Seconds. LLM timings run from milliseconds (a cached answer's first byte) to minutes (a long reasoning stream).
 TTFB_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300)
 DURATION_BUCKETS_S = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1200, 1800)
+GC_PAUSE_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1)
 GAP_BUCKETS_S = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300)
 # Distinct model label values per process before the rest are counted as "other" (a bound on series).
 MAX_MODELS = 200
@@ -167,6 +168,14 @@ class Metrics:
         self.ledger_failures = Counter(
             "teeproxy_ledger_write_failures", "Failed ledger batch writes (each is retried).", registry=registry
         )
+        self.gc_pause = Histogram(
+            "teeproxy_gc_pause_seconds",
+            "Pauses of Python's cyclic garbage collector (the whole worker stops), by generation collected.",
+            ("generation",),
+            buckets=GC_PAUSE_BUCKETS_S,
+            registry=registry,
+        )
+        self._gc_pause_by_generation = [self.gc_pause.labels(str(generation)) for generation in range(3)]
         self._models: set[str] = set()
         self._series: dict[tuple[str, str], _Series] = {}
         self._failures_seen = 0
@@ -237,8 +246,11 @@ class Metrics:
 
     # Per-worker state, sampled.
 
-    def sample(self, ledger: Ledger | None) -> None:
-        """Copy this worker's ledger figures into the instruments (every SAMPLE_INTERVAL_S, and at scrape)."""
+    def sample(self, ledger: Ledger | None, gc_pauses: list[tuple[int, float]] | None = None) -> None:
+        """Copy this worker's ledger figures and collector pauses into the instruments (every SAMPLE_INTERVAL_S,
+        and at scrape)."""
+        for generation, seconds in gc_pauses or ():
+            self._gc_pause_by_generation[generation].observe(seconds)
         if ledger is None:
             return
         self.ledger_queue.set(ledger.queue_depth)

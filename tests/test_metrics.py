@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import hashlib
 import json
 import os
@@ -67,6 +68,7 @@ FAMILIES = {
     "teeproxy_upstream_attempts",
     "teeproxy_ledger_queue_depth",
     "teeproxy_ledger_write_failures",
+    "teeproxy_gc_pause_seconds",
 }
 
 
@@ -150,6 +152,18 @@ def test_metrics_agree_with_the_ledger(stack: Stack, tmp_path: pathlib.Path) -> 
     assert value(text, "teeproxy_active_requests") == 0
     assert value(text, "teeproxy_ledger_queue_depth") == 0
     assert value(text, "teeproxy_ledger_write_failures_total") == 0
+
+
+def test_collector_pauses_are_timed(stack: Stack) -> None:
+    """Every collection of Python's cyclic collector stops the worker: each one is in the histogram, by
+    generation, with its duration (the app shares this test's process, so a collection here is one there)."""
+    before = value(httpx.get(stack.url + "/metrics").text, "teeproxy_gc_pause_seconds_count", generation="2")
+    started = time.perf_counter()
+    gc.collect()
+    took = time.perf_counter() - started
+    text = httpx.get(stack.url + "/metrics").text
+    assert value(text, "teeproxy_gc_pause_seconds_count", generation="2") >= before + 1
+    assert 0 < value(text, "teeproxy_gc_pause_seconds_sum", generation="2") <= took * 100
 
 
 def test_access_log_has_one_line_per_request_and_no_secret(stack: Stack, tmp_path: pathlib.Path) -> None:
