@@ -1,9 +1,10 @@
-"""One HTTP/1.1 connection to a provider: an asyncio Protocol driving an h11 client state machine.
+"""One HTTP/1.1 connection to a provider: an asyncio Protocol; h11 for the request and the response head, a
+sans-I/O body reader (`proxy.parsers.body`) for the body.
 
 This is the relay's upstream hot path, kept as short as the event loop allows:
 
-* **One item per socket read.** `data_received` feeds h11 and joins every body `Data` event the read
-  completed into one bytes object, so a read holding a hundred SSE frames is one chunk for the relay, one
+* **One item per socket read.** `data_received` hands a read to the body reader, which returns all the body
+  bytes it completed in one piece, so a read holding a hundred SSE frames is one chunk for the relay, one
   ASGI message and one `send()` to the client. When the relay is slower than the upstream, `read` hands over
   everything queued as one chunk.
 * **Bounded buffering.** Past `HIGH_WATER` bytes queued, the transport stops reading; the upstream then waits
@@ -28,6 +29,7 @@ from collections.abc import Callable
 import h11
 
 from proxy.errors import UpstreamError, UpstreamProtocolError, UpstreamTimeout
+from proxy.parsers.body import BodyError, BodyReader, CloseBody, reader_for
 
 # Bytes queued for the relay before the socket stops being read.
 HIGH_WATER = 64 * 1024
@@ -52,6 +54,8 @@ class UpstreamConnection(asyncio.Protocol):
         self._loop = loop
         self._transport: asyncio.Transport | None = None
         self._h11 = h11.Connection(h11.CLIENT)
+        self._body: BodyReader | None = None
+        self._keep_alive = False
         self._in_use = False
         self._received = False  # any byte of the current response
         self._head: _Head | None = None
@@ -82,9 +86,12 @@ class UpstreamConnection(asyncio.Protocol):
             return
         self._received = True
         self._last_data_at = self._loop.time()
+        if self._body is not None:
+            self._take_body(data)
+            return
         try:
             self._h11.receive_data(data)
-            self._take_events()
+            self._take_head()
         except h11.RemoteProtocolError:
             self._fail(UpstreamProtocolError("the upstream provider broke the HTTP protocol"))
             self.close()
@@ -100,16 +107,16 @@ class UpstreamConnection(asyncio.Protocol):
             self._timer.cancel()
             self._timer = None
         if self._in_use and not self._eof and self._error is None:
-            try:
-                self._h11.receive_data(b"")  # ends a body delimited by the connection's close
-                self._take_events()
-            except h11.RemoteProtocolError:
-                pass
-            if not self._eof:
-                if self.reused and not self._received:
-                    self._fail(StaleConnection("the upstream provider closed a kept-alive connection"))
-                else:
-                    self._fail(UpstreamProtocolError("the upstream provider closed the connection"))
+            if self._body is not None:
+                try:
+                    self._body.close()  # the end of a body delimited by the connection's close
+                    self._eof = True
+                except BodyError:
+                    self._fail(UpstreamProtocolError("the upstream provider closed the connection mid-body"))
+            elif self.reused and not self._received:
+                self._fail(StaleConnection("the upstream provider closed a kept-alive connection"))
+            else:
+                self._fail(UpstreamProtocolError("the upstream provider closed the connection"))
         self._wake()
         write_waiter = self._write_waiter
         if write_waiter is not None and not write_waiter.done():
@@ -124,38 +131,48 @@ class UpstreamConnection(asyncio.Protocol):
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
-    # -- h11 events
+    # -- the response
 
-    def _take_events(self) -> None:
-        parts: list[bytes] | None = None
-        next_event = self._h11.next_event
+    def _take_head(self) -> None:
+        """h11 parses the head; from its end on, the body reader (`proxy.parsers.body`) takes the bytes."""
         while True:
-            event = next_event()
-            kind = type(event)
-            if kind is h11.Data:
-                if parts is None:
-                    parts = [event.data]  # type: ignore[union-attr]
-                else:
-                    parts.append(event.data)  # type: ignore[union-attr]
-            elif event is h11.NEED_DATA:
+            event = self._h11.next_event()
+            if event is h11.NEED_DATA:
+                return
+            if type(event) is h11.Response:
                 break
-            elif kind is h11.Response:
-                self._head = (event.status_code, list(event.headers))  # type: ignore[union-attr]
-            elif kind is h11.EndOfMessage or kind is h11.ConnectionClosed:
-                self._eof = True
-                break  # anything after the response stays in h11's buffer: the connection is not reused
-            elif event is h11.PAUSED:
-                break
-            # InformationalResponse (1xx): skipped, the final response follows
-        if parts is not None:
-            chunk = parts[0] if len(parts) == 1 else b"".join(parts)
-            self._chunks.append(bytes(chunk))  # h11 hands out bytearray slices
+            if type(event) is not h11.InformationalResponse:  # 1xx: the final response follows
+                raise h11.RemoteProtocolError("unexpected event before the response head")
+        assert isinstance(event, h11.Response)
+        headers = list(event.headers)
+        self._head = (event.status_code, headers)
+        self._keep_alive = event.http_version == b"1.1" and not any(
+            name == b"connection" and b"close" in value.lower() for name, value in headers
+        )
+        self._body = reader_for(event.status_code, headers)
+        rest = self._h11.trailing_data[0]
+        if rest or self._body.done:
+            self._take_body(rest)
+        else:
+            self._wake()
+
+    def _take_body(self, data: bytes) -> None:
+        assert self._body is not None
+        try:
+            chunk = self._body.feed(data)
+        except BodyError:
+            self._fail(UpstreamProtocolError("the upstream provider broke the HTTP body framing"))
+            self.close()
+            return
+        if chunk:
+            self._chunks.append(chunk)
             self._buffered += len(chunk)
             if self._buffered > HIGH_WATER and not self._reading_paused and self._transport is not None:
                 self._reading_paused = True
                 self._transport.pause_reading()
-        if parts is not None or self._eof or self._head is not None:
-            self._wake()
+        if self._body.done:
+            self._eof = True
+        self._wake()
 
     def _wake(self) -> None:
         waiter = self._waiter
@@ -182,6 +199,8 @@ class UpstreamConnection(asyncio.Protocol):
         self._in_use = True
         self._received = False
         self._read_timeout = read_timeout
+        if self.reused:
+            self._h11 = h11.Connection(h11.CLIENT)  # a new cycle: the last one's h11 stopped at its head
         try:
             data = self._h11.send(h11.Request(method=method, target=target, headers=headers))
             data += self._h11.send(h11.Data(data=body)) if body else b""
@@ -263,15 +282,14 @@ class UpstreamConnection(asyncio.Protocol):
     @property
     def reusable(self) -> bool:
         """Whole response read, both sides done, nothing after it, and the server did not ask to close."""
-        if self.closed or self._error is not None or not self._eof or self._chunks:
+        body = self._body
+        if self.closed or self._error is not None or not self._eof or self._chunks or body is None:
             return False
-        h = self._h11
-        data, closed = h.trailing_data
-        return h.our_state is h11.DONE and h.their_state is h11.DONE and not data and not closed
+        return self._keep_alive and not body.extra and not isinstance(body, CloseBody)
 
     def recycle(self) -> None:
         """Ready for the next request (the pool calls this only when `reusable`)."""
-        self._h11.start_next_cycle()
+        self._body = None
         self._in_use = False
         self._eof = False
         self.reused = True

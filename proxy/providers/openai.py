@@ -194,24 +194,33 @@ class OpenAIStreamMeter:
             return "unparsed"
         return "reported" if self.usage is not None else "missing"
 
-    def skippable(self, data: bytes) -> bool:
-        """The fast path: `data` is whole frames (the parser is at a frame boundary and `data` ends in a blank
-        line) with no usage marker and no [DONE] in them: nothing in it can matter to the meter or the filter.
-        Two C-speed scans instead of parsing, for most chunks of most streams."""
-        return (
-            data.endswith(b"\n\n")
-            and len(data) <= MAX_LINE_BYTES  # else the parser might have raised FrameError: see SSEParser.skip
-            and self.parser.at_boundary
-            and _USAGE_MARKER not in data
-            and _DONE not in data
-        )
+    def skippable(self, data: bytes) -> int:
+        """The fast path: how many leading bytes of `data` are whole frames (from a frame boundary to a blank
+        line) before the first frame holding a usage marker or [DONE]: nothing in them can matter to the meter
+        or the filter, so they are accounted for without parsing. C-speed scans instead of a parse, for most
+        chunks of most streams, and for all but the last frames of a read that holds a whole stream."""
+        if not self.parser.at_boundary:
+            return 0
+        marker = data.find(_USAGE_MARKER)
+        done = data.find(_DONE)
+        if marker < 0 and done < 0:
+            end = len(data) if data.endswith(b"\n\n") else data.rfind(b"\n\n") + 2
+        else:
+            first = marker if done < 0 or 0 <= marker < done else done
+            end = data.rfind(b"\n\n", 0, first) + 2  # a frame never holds a blank line: its own starts after it
+        # Past MAX_LINE_BYTES the bytes might hold a line the parser would refuse (FrameError): parse them.
+        return end if 2 <= end <= MAX_LINE_BYTES else 0
 
     def feed(self, data: bytes) -> None:
         if self._spent:
             return
-        if self.skippable(data):
-            self.parser.skip(data)
-            return
+        skip = self.skippable(data)
+        if skip:
+            if skip == len(data):
+                self.parser.skip(data)
+                return
+            self.parser.skip(data[:skip])
+            data = data[skip:]
         try:
             events = self.parser.feed(data)
         except FrameError:
@@ -302,10 +311,19 @@ class OpenAIFrameFilter:
     def feed(self, data: bytes) -> bytes:
         if self._passthrough:
             return data
-        if not self._pending and self.meter.skippable(data):
-            self.meter.parser.skip(data)
-            self._base += len(data)
-            return data
+        if not self._pending:
+            skip = self.meter.skippable(data)
+            if skip == len(data):
+                self.meter.parser.skip(data)
+                self._base += skip
+                return data
+            if skip:
+                self.meter.parser.skip(data[:skip])
+                self._base += skip
+                return data[:skip] + self._feed(data[skip:])
+        return self._feed(data)
+
+    def _feed(self, data: bytes) -> bytes:
         self._pending += data
         try:
             events = self.meter.parser.feed(data)
