@@ -112,8 +112,8 @@ class SSEParser:
 
     @property
     def at_boundary(self) -> bool:
-        """Nothing is pending: the next byte fed starts a new frame."""
-        return not self._held and not self._data and not self._event_type and not self._at_start
+        """Nothing is pending: the next byte fed starts a new frame (the stream's first byte too)."""
+        return not self._held and not self._data and not self._event_type
 
     def skip(self, data: bytes) -> None:
         """Account for `data` without parsing it: whole frames the caller has no use for.
@@ -123,6 +123,7 @@ class SSEParser:
         (their `id:` and `retry:` fields too), and feeding it could not have raised FrameError either, so skipping
         never makes the outcome depend on how the stream was chunked.
         """
+        self._at_start = False  # a BOM, if the stream had one, was in the skipped frames
         self._base += len(data)
         self._frame_start = self.boundary = self._base
 
