@@ -50,12 +50,16 @@ BACKLOG = 4096
 
 
 def install_http11_trailers() -> bool:
-    """The two contained extensions of hypercorn, once per process: HTTP/1.1 trailers, and HTTP/2 flow control
-    that makes the relay wait for a slow client (`proxy.h2_backpressure`). True: trailers work on HTTP/1.1."""
-    from proxy import h2_backpressure, http11_trailers
+    """The contained extensions of hypercorn, once per process: HTTP/1.1 trailers, HTTP/2 flow control that makes
+    the relay wait for a slow client (`proxy.h2_backpressure`), request heads refused for a bare LF
+    (`proxy.h11_strict`), and no writes to a lost connection (`proxy.lost_connection`). True: trailers work on
+    HTTP/1.1."""
+    from proxy import h2_backpressure, h11_strict, http11_trailers, lost_connection
 
     http11_trailers.install()
     h2_backpressure.install()
+    h11_strict.install()
+    lost_connection.install()
     return True
 
 
@@ -101,7 +105,7 @@ def check_bindable(hc: HypercornConfig) -> None:
 
 def create_app(config: Config | None = None) -> TeeProxy:
     """The app for one worker process; with no config given, the one named by $TEEPROXY_CONFIG."""
-    return TeeProxy(config or load_config(), http11_trailers=install_http11_trailers())
+    return TeeProxy(config or load_config(), http11_trailers=install_http11_trailers(), tune_gc=True)
 
 
 def serve(config: Config, config_path: str, bind: str | None = None, workers: int | None = None) -> int:

@@ -40,8 +40,9 @@ def request(target: bytes, extra: bytes = b"", host: bytes = b"127.0.0.1") -> by
         (request(b"http://169.254.169.254/v1/chat/completions"), b"404"),  # absolute-form: no host is chosen
         (request(b"/v1/../v1/chat/completions"), b"404"),  # not normalized into a known path
         (request(b"/v1/chat/completions\x01"), b"400"),  # a control character in the target: h11
+        (request(b"/v1/chat/completions", b"x-a: 1\nx-b: 2\r\n"), b"400"),  # a bare LF in the head: h11_strict
     ],
-    ids=["cr-in-header", "nul-in-header", "absolute-form", "dot-dot", "control-in-target"],
+    ids=["cr-in-header", "nul-in-header", "absolute-form", "dot-dot", "control-in-target", "bare-lf-in-head"],
 )
 def test_malformed_requests_are_refused_and_reach_no_upstream(stack: Stack, raw: bytes, status: bytes) -> None:
     out = exchange(stack, raw)

@@ -1,0 +1,62 @@
+"""No writes to a lost connection in hypercorn 0.18's asyncio server: what used to flood the log with asyncio's
+"socket.send() raised exception." (about 46,000 lines in a 100,000-stream soak).
+
+Why: hypercorn speaks ASGI 2.1, so an app's `send()` does not raise after the client has gone, and the app
+learns of it only from `receive()` returning `http.disconnect`. Until it does, its body keeps coming, and
+hypercorn keeps writing it: `HTTPStream.app_send` does not look at its `closed` flag, so each
+`http.response.body` still becomes a `Body` event, h11 frames it (`H11Protocol.stream_send`; over HTTP/2 the
+headers and trailers of open streams are still flushed), and `TCPServer.protocol_send` hands the bytes to
+`StreamWriter.write` unconditionally. asyncio drops a write to a transport whose connection is lost, and from
+the sixth such write on (`LOG_THRESHOLD_FOR_CONNLOST_WRITES`) logs a warning for each one (over TLS, "SSL
+connection is closed"). A relay reading a fast upstream sends dozens of chunks before its disconnect watcher
+runs: tens of warnings per stream the client abandoned, none of them news.
+
+Theory of operation: `TCPServer.protocol_send` is wrapped, nothing of hypercorn's is copied. Raw data for a
+transport that is already closing (`is_closing()`: the connection was lost, reset or closed) is not written;
+instead the protocol is told `Closed`, exactly as hypercorn tells it when a write fails, so the streams and the
+app see what they saw before (an `http.disconnect`), minus the doomed write and its log line. Every other event,
+and every write to a live transport, goes to hypercorn unchanged. The check is on the transport, not on the
+stream's `closed` flag, on purpose: that flag is also set when a client half-closes (sends its FIN and waits for
+the response), and such a client still gets what the app sends.
+
+`install()` checks the hypercorn version and the seam before patching, and refuses clearly otherwise.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+from typing import Any
+
+SUPPORTED_PREFIX = "0.18."
+_MARK = "__teeproxy_lost_connection__"
+
+
+def install() -> None:
+    """Stop hypercorn writing to connections that are gone. Idempotent; raises RuntimeError if hypercorn does not
+    fit."""
+    version = importlib.metadata.version("hypercorn")
+    if not version.startswith(SUPPORTED_PREFIX):
+        raise RuntimeError(
+            f"proxy.lost_connection patches hypercorn {SUPPORTED_PREFIX}x, but hypercorn {version} is installed; "
+            "check whether it still writes to a lost connection, and update or drop the patch"
+        )
+    from hypercorn.asyncio import tcp_server
+    from hypercorn.events import Closed, Event, RawData
+
+    server_cls: Any = tcp_server.TCPServer
+    if getattr(server_cls.protocol_send, _MARK, False):
+        return
+    names = server_cls.protocol_send.__code__.co_names
+    if not all(name in names for name in ("writer", "write", "drain", "protocol", "handle", "Closed")):
+        raise RuntimeError(f"hypercorn {version}'s TCPServer.protocol_send is not what proxy.lost_connection expects")
+
+    original = server_cls.protocol_send
+
+    async def protocol_send(self: tcp_server.TCPServer, event: Event) -> None:
+        if isinstance(event, RawData) and self.writer.is_closing():
+            await self.protocol.handle(Closed())  # what a failed write does, without the write
+            return
+        await original(self, event)
+
+    setattr(protocol_send, _MARK, True)
+    server_cls.protocol_send = protocol_send
