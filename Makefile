@@ -34,7 +34,12 @@ LITELLM := bench/.litellm-venv/bin/litellm
 $(LITELLM):
 	-$(PYTHON) -m venv bench/.litellm-venv && bench/.litellm-venv/bin/pip install --quiet 'litellm[proxy]'
 
-bench: $(STAMP) $(LITELLM)
+# Portkey's gateway (node) likewise, into bench/.portkey; bench/install-portkey.sh pins what it needs to stream.
+PORTKEY := bench/.portkey/node_modules/@portkey-ai/gateway/build/start-server.js
+$(PORTKEY): bench/install-portkey.sh
+	-bash bench/install-portkey.sh
+
+bench: $(STAMP) $(LITELLM) $(PORTKEY)
 	bash tests/install-system-deps.sh
 	$(BIN)/python -m bench.run
 

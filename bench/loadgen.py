@@ -40,10 +40,14 @@ CONNECTIONS_PER_SOURCE = 8000
 IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
 
 
-def build_request(port: int, n_chunks: int, chunk_bytes: int, delay_ms: int, key: str | None) -> bytes:
+def build_request(
+    port: int, n_chunks: int, chunk_bytes: int, delay_ms: int, key: str | None, headers: list[str] | None = None
+) -> bytes:
     """A streaming chat request; the knobs ride both as top-level fields and in the message text.
 
     The mock reads either: a proxy that drops unknown fields (LiteLLM does) still forwards the messages.
+    `headers` are extra `name: value` lines, for a target that is told where the upstream is per request
+    (Portkey's gateway).
     """
     knobs = f"n_chunks={n_chunks} chunk_bytes={chunk_bytes} delay_ms={delay_ms}"
     body = json.dumps(
@@ -57,10 +61,15 @@ def build_request(port: int, n_chunks: int, chunk_bytes: int, delay_ms: int, key
         },
         separators=(",", ":"),
     ).encode()
-    auth = f"authorization: Bearer {key}\r\n" if key else ""
+    extra = f"authorization: Bearer {key}\r\n" if key else ""
+    for header in headers or []:
+        name, sep, value = header.partition(":")
+        if not sep or not name.strip() or "\r" in header or "\n" in header:
+            raise ValueError(f"not a header line: {header!r}")
+        extra += f"{name.strip()}: {value.strip()}\r\n"
     head = (
         f"POST /v1/chat/completions HTTP/1.1\r\nhost: 127.0.0.1:{port}\r\ncontent-type: application/json\r\n"
-        f"{auth}content-length: {len(body)}\r\n\r\n"
+        f"{extra}content-length: {len(body)}\r\n\r\n"
     )
     return head.encode() + body
 
@@ -336,10 +345,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--chunk-bytes", type=int, default=200)
     parser.add_argument("--delay-ms", type=int, default=0)
     parser.add_argument("--key", help="sent as Authorization: Bearer KEY")
+    parser.add_argument("--header", action="append", default=[], help="an extra request header, 'name: value'")
     args = parser.parse_args(argv)
     if args.total is None and args.duration_s is None:
         parser.error("give --total or --duration-s")
-    request = build_request(args.port, args.n_chunks, args.chunk_bytes, args.delay_ms, args.key)
+    request = build_request(args.port, args.n_chunks, args.chunk_bytes, args.delay_ms, args.key, args.header)
     summary = asyncio.run(run(args.port, request, args.concurrency, args.total, args.duration_s, args.timeout_s))
     json.dump(summary, sys.stdout)
     sys.stdout.write("\n")

@@ -7,13 +7,16 @@ Targets, each its own process tree on 127.0.0.1, all in front of one mock upstre
     teeproxy-1w          `teeproxy serve --workers 1`, metering on
     teeproxy-2w          `teeproxy serve --workers 2`, metering on
     teeproxy-1w-nometer  `[metering] enabled = false`: the difference to teeproxy-1w is what metering costs
+    protocol-relay       bench/protocol_relay.py, a bare asyncio Protocol TCP relay: the Python floor
     litellm              LiteLLM's proxy, when `litellm[proxy]` installed into bench/.litellm-venv
+    portkey              Portkey's gateway (node), when npm installed it into bench/.portkey
 
 Scenarios. Each measurement is one run of the load generator (`bench.loadgen`, its own process) while this
 process reads the target's CPU and memory from /proc; targets are interleaved inside every repetition, so
 drift on a shared machine hits all of them alike, and every figure is the median over the repetitions.
 
-    ttfb         concurrency 1, short streams: time to the first body byte, p50/p99, and added over direct
+    ttfb         concurrency 1, short streams: time to the first body byte, p50/p99, and added over direct;
+                 CPU µs per request of the target's process tree (its CPU during the run ÷ streams)
     c50, c200    concurrency 50 / 200, streams of 100 chunks of 200 B sent back to back ("burst"): streams/s,
                  chunks/s, CPU µs per chunk of the target's process tree, p99 of each stream's largest gap
     paced1000    1,000 streams open at once, one 200 B chunk per 50 ms, 40 chunks (2 s) each: 20,000 chunks/s
@@ -23,6 +26,12 @@ drift on a shared machine hits all of them alike, and every figure is the median
                  the peak it held). For both: peak RSS of the tree, RSS per stream over idle, CPU µs per chunk
                  (each chunk its own read here: the per-chunk cost without batching), chunks/s achieved, gap
                  p99. Every target is restarted before each of these runs, so peak RSS is that run's own.
+    steady       the paced1000 load in 5 waves on one process, started fresh once: per wave CPU µs per chunk,
+                 peak RSS and RSS after it, and the last wave over the first (for nginx, teeproxy-1w and
+                 protocol-relay only, to keep the run short)
+
+teeproxy targets also report their garbage-collector pauses in every scenario (bench/gc_pauses.py): /metrics
+is scraped before and after each load-generator run, outside the CPU measurement.
 
 Results: bench/results/latest.json and latest.md; `--quick` (CI's smoke run, under a minute) writes quick.*.
 """
@@ -41,10 +50,11 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from bench import report
+from bench import gc_pauses, report
 from bench import targets as t
 
 RESULTS = t.ROOT / "bench" / "results"
@@ -70,6 +80,21 @@ class Paced:
         return max(120.0, 2 * self.chunks * self.delay_ms / 1000 + 30)
 
 
+@dataclass(frozen=True)
+class Steady:
+    """`waves` paced runs back to back on one process: does it cost more after a while than fresh?"""
+
+    waves: int
+    streams: int
+    delay_ms: int
+    chunks: int
+    # About 5 paced runs per target: only the rows its goal and the floor need (LiteLLM alone would take ~5 min).
+    targets: tuple[str, ...] = ("nginx", "teeproxy-1w", "protocol-relay")
+
+    def wave(self) -> Paced:
+        return Paced(self.streams, self.delay_ms, self.chunks)
+
+
 @dataclass
 class Plan:
     reps: int
@@ -78,6 +103,7 @@ class Plan:
     concurrencies: list[int]
     paced: list[Paced]
     warmup_s: float
+    steady: Steady | None = None
     ttfb_chunks: int = 5
     burst_chunks: int = 100
     chunk_bytes: int = 200
@@ -91,10 +117,27 @@ FULL = Plan(
     concurrencies=[50, 200],
     paced=[Paced(1000, 50, 40), Paced(10000, 2000, 15)],
     warmup_s=1.0,
+    steady=Steady(waves=5, streams=1000, delay_ms=50, chunks=40),
 )
-QUICK = Plan(reps=1, ttfb_streams=50, burst_s=1.5, concurrencies=[50], paced=[Paced(300, 50, 20)], warmup_s=0.3)
-DEFAULT_TARGETS = ["nginx", "teeproxy-1w", "teeproxy-2w", "teeproxy-1w-nometer", "litellm"]
-QUICK_TARGETS = ["nginx", "teeproxy-1w", "teeproxy-2w", "teeproxy-1w-nometer"]
+QUICK = Plan(
+    reps=1,
+    ttfb_streams=50,
+    burst_s=1.5,
+    concurrencies=[50],
+    paced=[Paced(300, 50, 20)],
+    warmup_s=0.3,
+    steady=Steady(waves=3, streams=100, delay_ms=20, chunks=10),
+)
+DEFAULT_TARGETS = [
+    "nginx",
+    "teeproxy-1w",
+    "teeproxy-2w",
+    "teeproxy-1w-nometer",
+    "protocol-relay",
+    "litellm",
+    "portkey",
+]
+QUICK_TARGETS = ["nginx", "teeproxy-1w", "teeproxy-2w", "teeproxy-1w-nometer", "protocol-relay"]
 
 
 def loadgen(
@@ -120,6 +163,8 @@ def loadgen(
         cmd += ["--duration-s", str(duration_s)]
     if target.key:
         cmd += ["--key", target.key]
+    for header in target.headers:
+        cmd += ["--header", header]
     cpu_before = {name: t.cpu_seconds(pids) for name, pids in cpu.items()}
     peak_rss = memory_before = t.memory_kib(rss)[0] if rss else 0
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=t.ROOT)
@@ -140,6 +185,7 @@ def loadgen(
     for name, pids in cpu.items():
         used = t.cpu_seconds(pids) - cpu_before[name]
         result[f"{name}_cpu_us_per_chunk"] = used / frames * 1e6 if frames else float("nan")
+        result[f"{name}_cpu_us_per_stream"] = used / result["completed"] * 1e6 if result["completed"] else float("nan")
     result["loadgen_cpu_us_per_chunk"] = result["loadgen_cpu_s"] / frames * 1e6 if frames else float("nan")
     result["streams_per_s"] = result["completed"] / elapsed
     result["chunks_per_s"] = frames / elapsed
@@ -177,6 +223,10 @@ class Bench:
             return t.teeproxy(self.workdir, port, workers, metering=not name.endswith("-nometer"))
         if name == "litellm":
             return t.litellm(self.workdir, port)
+        if name == "protocol-relay":
+            return t.protocol_relay(self.workdir, port)
+        if name == "portkey":
+            return t.portkey(self.workdir, port)
         raise ValueError(f"unknown target {name!r}")
 
     def start(self, name: str) -> t.Target | None:
@@ -201,6 +251,22 @@ class Bench:
         if target.proc is not None:
             target.refresh_pids()
 
+    def measure(self, name: str, target: t.Target, **loadgen_args: Any) -> dict[str, Any]:
+        """One load-generator run; for teeproxy also its GC pauses over the run, from /metrics either side of it
+        (outside the CPU measurement, which `loadgen` takes inside)."""
+        if not name.startswith("teeproxy"):
+            return loadgen(target, **loadgen_args)
+        before = self.gc_scrape(target)
+        result = loadgen(target, **loadgen_args)
+        result.update(gc_pauses.delta(before, self.gc_scrape(target)))
+        return result
+
+    @staticmethod
+    def gc_scrape(target: t.Target) -> dict[str, gc_pauses.Generation] | None:
+        if target.workers > 1:
+            time.sleep(gc_pauses.SETTLE_S)  # every worker's pauses into the histogram (see bench/gc_pauses.py)
+        return gc_pauses.parse(t.scrape(target.port))
+
     def direct(self) -> t.Target:
         return t.Target("direct", None, port=self.mock.port, pids=self.mock.pids)
 
@@ -224,21 +290,23 @@ class Bench:
 
     def ttfb(self, name: str, target: t.Target) -> None:
         p = self.plan
-        result = loadgen(
+        result = self.measure(
+            name,
             target,
             concurrency=1,
             n_chunks=p.ttfb_chunks,
             chunk_bytes=p.chunk_bytes,
             total=p.ttfb_streams,
             timeout_s=120,
-            cpu={},
+            cpu={"target": target.pids},
         )
         self.record("ttfb", name, result)
 
     def burst(self, name: str, target: t.Target, concurrency: int) -> None:
         p = self.plan
         cpu = {"target": target.pids, "mock": self.mock.pids}
-        result = loadgen(
+        result = self.measure(
+            name,
             target,
             concurrency=concurrency,
             n_chunks=p.burst_chunks,
@@ -266,35 +334,38 @@ class Bench:
         self.notes[f"{name}/{paced.name}"] = f"skipped: {why}"
         return None
 
-    def paced(self, name: str, paced: Paced) -> None:
-        p = self.plan
-        if name == "direct":
-            target = self.direct()
-            rss = None
-        else:
-            # A fresh process, so that the peak is this run's and not an earlier scenario's.
-            old = self.live.pop(name, None)
-            if old is not None:
-                old.stop()
-            fresh = self.start(name)
-            if fresh is None:
-                return
-            target = fresh
-            rss = target.pids
-        cpu = {"target": target.pids, "mock": self.mock.pids}
-        result = loadgen(
+    def restart(self, name: str) -> t.Target | None:
+        """A fresh process, so that a peak is this run's and not an earlier scenario's."""
+        old = self.live.pop(name, None)
+        if old is not None:
+            old.stop()
+        return self.start(name)
+
+    def paced_run(self, name: str, target: t.Target, paced: Paced, rss: list[int] | None) -> dict[str, Any]:
+        result = self.measure(
+            name,
             target,
             concurrency=paced.streams,
             total=paced.streams,
             n_chunks=paced.chunks,
-            chunk_bytes=p.chunk_bytes,
+            chunk_bytes=self.plan.chunk_bytes,
             delay_ms=paced.delay_ms,
             timeout_s=paced.timeout_s,
-            cpu=cpu,
+            cpu={"target": target.pids, "mock": self.mock.pids},
             rss=rss,
         )
         if rss:
             result["rss_per_stream_kib"] = (result["peak_rss_mib"] - result["idle_rss_mib"]) * 1024 / paced.streams
+        return result
+
+    def paced(self, name: str, paced: Paced) -> None:
+        if name == "direct":
+            result = self.paced_run(name, self.direct(), paced, None)
+        else:
+            target = self.restart(name)
+            if target is None:
+                return
+            result = self.paced_run(name, target, paced, target.pids)
         self.record(paced.name, name, result)
         if result["timed_out"]:
             # Not repeated: another try would only spend the same minutes to the same end.
@@ -304,6 +375,25 @@ class Bench:
                 f"completed, {result['unfinished']:,} still open, {result['errors']:,} errors"
                 f"{' ' + str(result['error_kinds']) if result['error_kinds'] else ''}; not repeated"
             )
+
+    def steady(self, name: str, steady: Steady) -> None:
+        """`steady.waves` paced runs on one process, started fresh (and warmed up) once."""
+        target = self.restart(name)
+        if target is None:
+            return
+        wave = steady.wave()
+        waves: list[dict[str, Any]] = []
+        for index in range(steady.waves):
+            result = self.paced_run(name, target, wave, target.pids)
+            result["rss_after_mib"] = t.memory_kib(target.pids)[0] / 1024
+            waves.append(result)
+            if result["timed_out"] or result["errors"]:
+                self.notes[f"{name}/steady"] = (
+                    f"wave {index + 1} of {steady.waves}: {result['completed']:,} of {wave.streams:,} streams "
+                    f"completed, {result['errors']:,} errors; the later waves were not run"
+                )
+                break
+        self.record("steady", name, merge_waves(waves))
 
     # -- the whole run
 
@@ -333,6 +423,11 @@ class Bench:
                 for extra in ("nginx-2w",):
                     if extra in self.live and extra not in names:
                         self.live.pop(extra).stop()
+            if p.steady is not None:
+                print(f"repetition {rep + 1}/{p.reps}: steady", file=sys.stderr, flush=True)
+                for name in names:
+                    if name in p.steady.targets and ("steady", name) not in self.given_up:
+                        self.steady(name, p.steady)
 
     def stop(self) -> None:
         for target in self.live.values():
@@ -341,20 +436,83 @@ class Bench:
         self.mock.stop()
 
 
+WAVE_FIGURES = ("target_cpu_us_per_chunk", "peak_rss_mib", "rss_after_mib", "chunks_per_s", "max_gap_p99_ms")
+GC_SUMMED = ("gc_pause_ms", "gc_collections", "gc_gen2_collections", "gc_gen2_pause_ms")
+
+
+def merge_waves(waves: list[dict[str, Any]]) -> dict[str, Any]:
+    """A steady run's row: totals over its waves, each wave's figures in order, and last over first."""
+    first, last = waves[0], waves[-1]
+    frames: Counter[str] = Counter()
+    kinds: Counter[str] = Counter()
+    for wave in waves:
+        frames.update(wave["frames_per_stream"])
+        kinds.update(wave["error_kinds"])
+    out: dict[str, Any] = {
+        "waves": len(waves),
+        "completed": sum(w["completed"] for w in waves),
+        "errors": sum(w["errors"] for w in waves),
+        "error_kinds": dict(kinds),
+        "unfinished": sum(w["unfinished"] for w in waves),
+        "timed_out": any(w["timed_out"] for w in waves),
+        "frames": sum(w["frames"] for w in waves),
+        "frames_per_stream": {n: frames[n] for n in sorted(frames, key=int)},
+        "expected_frames_per_stream": first["expected_frames_per_stream"],
+        "streams_with_other_frame_count": sum(w["streams_with_other_frame_count"] for w in waves),
+        "peak_in_flight": min(w["peak_in_flight"] for w in waves),
+        "idle_rss_mib": first["idle_rss_mib"],
+        "peak_rss_mib": max(w["peak_rss_mib"] for w in waves),
+        "target_cpu_us_per_chunk": statistics.fmean(w["target_cpu_us_per_chunk"] for w in waves),
+        "max_gap_p99_ms": max(w["max_gap_p99_ms"] for w in waves),
+        "first_wave_cpu_us_per_chunk": first["target_cpu_us_per_chunk"],
+        "last_wave_cpu_us_per_chunk": last["target_cpu_us_per_chunk"],
+        "cpu_last_x_first": last["target_cpu_us_per_chunk"] / first["target_cpu_us_per_chunk"],
+        "first_wave_peak_rss_mib": first["peak_rss_mib"],
+        "last_wave_peak_rss_mib": last["peak_rss_mib"],
+        "peak_rss_last_x_first": last["peak_rss_mib"] / first["peak_rss_mib"],
+    }
+    for figure in WAVE_FIGURES:
+        out[f"{figure}_by_wave"] = [w[figure] for w in waves]
+    if "gc_pause_ms" in first:
+        for figure in GC_SUMMED:
+            values = [w[figure] for w in waves]
+            out[figure] = None if None in values else sum(values)
+        out["gc_pause_ms_by_wave"] = [w["gc_pause_ms"] for w in waves]
+        for figure in ("gc_max_bucket_ms", "gc_gen2_max_bucket_ms"):
+            bounds = [w[figure] for w in waves if w[figure] is not None]
+            out[figure] = max(bounds) if bounds else None
+    return out
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _median(values: list[Any]) -> float | None:
+    """Median of the numbers, NaN dropped; None if there are none but None (a figure the target lacks)."""
+    numbers: list[float] = [v for v in values if _is_number(v) and v == v]
+    if numbers:
+        return statistics.median(numbers)
+    return None if all(v is None for v in values) else float("nan")
+
+
 def median_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """Medians of every numeric figure; counts that must be exact (errors, frames) as their worst case."""
+    """Medians of every numeric figure (per position for per-wave lists); counts that must be exact (errors,
+    frames) as their worst case."""
     out: dict[str, Any] = {}
     for key, first in runs[0].items():
         values = [r[key] for r in runs]
         if key in ("errors", "unfinished", "streams_with_other_frame_count"):
             out[key] = max(values)
-        elif key == "completed" or key == "peak_in_flight":
+        elif key in ("completed", "peak_in_flight", "waves"):
             out[key] = min(values)
-        elif isinstance(first, bool) or not isinstance(first, int | float):
-            out[key] = first if all(v == first for v in values) else values
+        elif key.endswith("_by_wave"):
+            length = min(len(v) for v in values)
+            out[key] = [_median([v[i] for v in values]) for i in range(length)]
+        elif first is None or _is_number(first):
+            out[key] = _median(values)
         else:
-            numbers = [v for v in values if v == v]  # drop NaN
-            out[key] = statistics.median(numbers) if numbers else float("nan")
+            out[key] = first if all(v == first for v in values) else values
     out["repetitions"] = len(runs)
     return out
 
@@ -390,6 +548,13 @@ def machine(fd_limit: int) -> dict[str, Any]:
             check=False,
         )
         versions["litellm"] = out.stdout.strip()
+    if t.PORTKEY_SERVER.exists():
+        with contextlib.suppress(OSError, ValueError, KeyError):
+            package = json.loads((t.PORTKEY_SERVER.parent.parent / "package.json").read_text())
+            hono = json.loads((t.PORTKEY_DIR / "node_modules" / "@hono" / "node-server" / "package.json").read_text())
+            versions["portkey"] = f"{package['version']} (@hono/node-server {hono['version']})"
+        out = subprocess.run(["node", "--version"], capture_output=True, text=True, check=False)
+        versions["node"] = out.stdout.strip().lstrip("v")
     return {
         "cpu": cpu_model,
         "cores": os.cpu_count(),
@@ -420,7 +585,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--targets", nargs="*", help="a subset of targets (direct always runs)")
     parser.add_argument("--reps", type=int, help="repetitions (default 3; 1 with --quick)")
     parser.add_argument(
-        "--scenarios", nargs="*", help="a subset: ttfb, burst, paced1000, paced10000 (default: all)", default=[]
+        "--scenarios", nargs="*", help="a subset: ttfb, burst, paced1000, paced10000, steady (default: all)", default=[]
     )
     parser.add_argument("--out", type=pathlib.Path, default=RESULTS, help="directory for the JSON and markdown")
     args = parser.parse_args(argv)
@@ -434,6 +599,8 @@ def main(argv: list[str] | None = None) -> int:
         if "burst" not in args.scenarios:
             plan.concurrencies = []
         plan.paced = [paced for paced in plan.paced if paced.name in args.scenarios]
+        if "steady" not in args.scenarios:
+            plan.steady = None
     fd_limit = raise_fd_limit()
     started = time.monotonic()
     version_before = teeproxy_version()

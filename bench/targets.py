@@ -31,7 +31,10 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 TEEPROXY_KEY = "tp-bench-key"
 LITELLM_VENV = ROOT / "bench" / ".litellm-venv"
+PORTKEY_DIR = ROOT / "bench" / ".portkey"
+PORTKEY_SERVER = PORTKEY_DIR / "node_modules" / "@portkey-ai" / "gateway" / "build" / "start-server.js"
 STOP_TIMEOUT_S = 30.0
+SCRAPE_TIMEOUT_S = 10.0
 
 
 def free_port() -> int:
@@ -121,6 +124,7 @@ class Target:
     pids: list[int] = field(default_factory=list)
     log: pathlib.Path | None = None
     env: dict[str, str] = field(default_factory=dict)
+    headers: list[str] = field(default_factory=list)  # extra request headers, "name: value"
 
     def start(self) -> None:
         assert self.launch is not None
@@ -279,3 +283,72 @@ def litellm(workdir: pathlib.Path, upstream_port: int) -> Target:
     # No network here but 127.0.0.1: keep it from fetching its model-cost map at start-up.
     env = {"LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_LOG": "ERROR", "LITELLM_TELEMETRY": "False"}
     return Target("litellm", launch, key=key, start_timeout_s=180, log=workdir / "litellm.log", env=env)
+
+
+def protocol_relay(workdir: pathlib.Path, upstream_port: int) -> Target:
+    """The Python floor (bench/protocol_relay.py): bytes both ways, no HTTP."""
+
+    def launch(target: Target) -> list[str]:
+        return [
+            sys.executable,
+            "-m",
+            "bench.protocol_relay",
+            "--port",
+            str(target.port),
+            "--upstream-port",
+            str(upstream_port),
+        ]
+
+    return Target("protocol-relay", launch, log=workdir / "protocol-relay.log")
+
+
+def portkey(workdir: pathlib.Path, upstream_port: int) -> Target:
+    """Portkey's gateway (npm `@portkey-ai/gateway`, installed into bench/.portkey by bench/install-portkey.sh).
+
+    It has no upstream configuration of its own: each request names the provider and, with
+    `x-portkey-custom-host`, the base URL; the bearer token is passed on as the provider's key. Its start
+    script listens on every interface and has no option for the address, so bench/portkey-loopback.mjs is
+    preloaded to make an address-less listen() bind 127.0.0.1.
+    """
+    node = shutil.which("node")
+    if node is None or not PORTKEY_SERVER.exists():
+        raise NotAvailable("not installed (`bash bench/install-portkey.sh`: npm into bench/.portkey failed or not run)")
+    preload = ROOT / "bench" / "portkey-loopback.mjs"
+
+    def launch(target: Target) -> list[str]:
+        return [node, "--import", str(preload), str(PORTKEY_SERVER), f"--port={target.port}", "--headless"]
+
+    headers = ["x-portkey-provider: openai", f"x-portkey-custom-host: http://127.0.0.1:{upstream_port}/v1"]
+    env = {"NODE_ENV": "production"}
+    return Target("portkey", launch, key="sk-mock", log=workdir / "portkey.log", env=env, headers=headers)
+
+
+def scrape(port: int, path: str = "/metrics") -> str | None:
+    """GET a target's metrics page over a plain HTTP/1.1 connection; None if it has none or does not answer."""
+    request = f"GET {path} HTTP/1.1\r\nhost: 127.0.0.1:{port}\r\nconnection: close\r\n\r\n".encode()
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=SCRAPE_TIMEOUT_S) as sock:
+            sock.sendall(request)
+            chunks = []
+            while chunk := sock.recv(65536):
+                chunks.append(chunk)
+    except OSError:
+        return None
+    head, _, body = b"".join(chunks).partition(b"\r\n\r\n")
+    if not head.startswith((b"HTTP/1.1 200", b"HTTP/1.0 200")):
+        return None
+    if b"transfer-encoding: chunked" in head.lower():
+        body = _dechunk(body)
+    return body.decode(errors="replace")
+
+
+def _dechunk(body: bytes) -> bytes:
+    out = []
+    while body:
+        size_line, _, rest = body.partition(b"\r\n")
+        size = int(size_line.split(b";")[0], 16)
+        if size == 0:
+            break
+        out.append(rest[:size])
+        body = rest[size + 2 :]
+    return b"".join(out)
