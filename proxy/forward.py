@@ -136,6 +136,7 @@ async def handle(state: ProxyState, scope: Scope, receive: Receive, send: Send) 
         if response is not None:
             response.close()
         finish(state, ex)
+        ex.sink = None  # it refers back to the exchange: no cycle left for the collector to find
 
 
 async def _end_for_shutdown(ex: Exchange, send: Send) -> None:

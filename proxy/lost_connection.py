@@ -19,6 +19,13 @@ and every write to a live transport, goes to hypercorn unchanged. The check is o
 stream's `closed` flag, on purpose: that flag is also set when a client half-closes (sends its FIN and waits for
 the response), and such a client still gets what the app sends.
 
+A finished connection leaves no reference cycle. `TCPServer` holds its protocol, and the protocol holds the
+server's bound `protocol_send`: a cycle that keeps each closed connection's server, protocol, h11 state, task
+group, stream reader and writer and socket (about 10 KiB) alive until a full collection of the cyclic garbage
+collector finds it, which `proxy.collector` makes rare. `TCPServer.run` is wrapped to drop the protocol once the
+connection's task group (every task of the connection, the app's included) has finished, so reference counting
+frees the whole connection at once.
+
 `install()` checks the hypercorn version and the seam before patching, and refuses clearly otherwise.
 """
 
@@ -43,6 +50,8 @@ def install() -> None:
     from hypercorn.asyncio import tcp_server
     from hypercorn.events import Closed, Event, RawData
 
+    from proxy import transport_cycles
+
     server_cls: Any = tcp_server.TCPServer
     if getattr(server_cls.protocol_send, _MARK, False):
         return
@@ -60,3 +69,18 @@ def install() -> None:
 
     setattr(protocol_send, _MARK, True)
     server_cls.protocol_send = protocol_send
+
+    run = server_cls.run
+    if "protocol" not in run.__code__.co_names:
+        raise RuntimeError(f"hypercorn {version}'s TCPServer.run is not what proxy.lost_connection expects")
+
+    async def run_then_let_go(self: tcp_server.TCPServer) -> None:
+        try:
+            await run(self)
+        finally:
+            # Every task of the connection has ended (its task group has exited): nothing sends through the
+            # protocol any more, and without it the server is no longer in a reference cycle.
+            self.__dict__.pop("protocol", None)
+            transport_cycles.let_go(self.writer.transport)
+
+    server_cls.run = run_then_let_go

@@ -28,6 +28,7 @@ from collections.abc import Callable
 
 import h11
 
+from proxy import transport_cycles
 from proxy.errors import UpstreamError, UpstreamProtocolError, UpstreamTimeout
 from proxy.parsers.body import BodyError, BodyReader, CloseBody, reader_for
 
@@ -101,6 +102,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self._loop.call_soon(transport_cycles.let_go, self._transport)  # once the transport has finished closing
         if self.on_lost is not None:
             self.on_lost(self)
         if self._timer is not None:
