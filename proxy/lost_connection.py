@@ -19,6 +19,9 @@ and every write to a live transport, goes to hypercorn unchanged. The check is o
 stream's `closed` flag, on purpose: that flag is also set when a client half-closes (sends its FIN and waits for
 the response), and such a client still gets what the app sends.
 
+Each connection's transport is in `proxy.client_connection.CLIENT_TRANSPORT` for its request tasks (the relay
+counts only the bytes an open connection took).
+
 A finished connection leaves no reference cycle. `TCPServer` holds its protocol, and the protocol holds the
 server's bound `protocol_send`: a cycle that keeps each closed connection's server, protocol, h11 state, task
 group, stream reader and writer and socket (about 10 KiB) alive until a full collection of the cyclic garbage
@@ -51,6 +54,7 @@ def install() -> None:
     from hypercorn.events import Closed, Event, RawData
 
     from proxy import transport_cycles
+    from proxy.client_connection import CLIENT_TRANSPORT
 
     server_cls: Any = tcp_server.TCPServer
     if getattr(server_cls.protocol_send, _MARK, False):
@@ -75,6 +79,7 @@ def install() -> None:
         raise RuntimeError(f"hypercorn {version}'s TCPServer.run is not what proxy.lost_connection expects")
 
     async def run_then_let_go(self: tcp_server.TCPServer) -> None:
+        CLIENT_TRANSPORT.set(self.writer.transport)  # this task's context: every request task copies it
         try:
             await run(self)
         finally:

@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 
 from proxy import headers as h
 from proxy.asgi_types import Send
+from proxy.client_connection import CLIENT_TRANSPORT
 from proxy.errors import UpstreamError, UpstreamTimeout
 from proxy.exchange import FRAME_ENDS, Exchange, identity_headers
 from proxy.metering import Meter, StreamMetering, new_meter, render_inline_comment, usage_figures
@@ -153,11 +154,12 @@ async def _pump(
 class ClientStream:
     """The client's side of the relay: body writes, their timings, and keep-alives between frames."""
 
-    __slots__ = ("_ex", "_send", "at_boundary", "keepalive", "last_write_at", "_writing")
+    __slots__ = ("_ex", "_send", "_transport", "at_boundary", "keepalive", "last_write_at", "_writing")
 
     def __init__(self, ex: Exchange, send: Send, keepalive: bytes | None) -> None:
         self._ex = ex
         self._send = send
+        self._transport = CLIENT_TRANSPORT.get()
         self.keepalive = keepalive
         self.at_boundary = True  # the client holds whole frames only
         self.last_write_at = time.perf_counter()
@@ -175,11 +177,18 @@ class ClientStream:
         ex.last_byte_at = self.last_write_at = now
         self.at_boundary = data.endswith(FRAME_ENDS)
         self._writing = True
+        taken = self._open()
         try:
             await self._send({"type": "http.response.body", "body": data, "more_body": True})
         finally:
             self._writing = False
-        ex.bytes_to_client += len(data)
+        if taken:
+            ex.bytes_to_client += len(data)
+
+    def _open(self) -> bool:
+        """Whether the client's connection still takes bytes (a write to a closing one is dropped)."""
+        transport = self._transport
+        return transport is None or not transport.is_closing()
 
     def can_ping(self) -> bool:
         return self.at_boundary and not self._writing and not self._ex.done
@@ -188,11 +197,13 @@ class ClientStream:
         assert self.keepalive is not None
         self.last_write_at = time.perf_counter()
         self._writing = True
+        taken = self._open()
         try:
             await self._send({"type": "http.response.body", "body": self.keepalive, "more_body": True})
         finally:
             self._writing = False
-        self._ex.bytes_to_client += len(self.keepalive)
+        if taken:
+            self._ex.bytes_to_client += len(self.keepalive)
 
 
 def trailer_fields(state: ProxyState, ex: Exchange) -> h.Headers:
