@@ -52,15 +52,17 @@ BACKLOG = 4096
 def install_http11_trailers() -> bool:
     """The contained extensions of hypercorn, once per process: HTTP/1.1 trailers, HTTP/2 flow control that makes
     the relay wait for a slow client (`proxy.h2_backpressure`), request heads refused for a bare LF
-    (`proxy.h11_strict`), no writes to a lost connection (`proxy.lost_connection`), and h11 response heads
-    validated twice instead of four times (`proxy.h11_headers`). True: trailers work on HTTP/1.1."""
-    from proxy import h2_backpressure, h11_headers, h11_strict, http11_trailers, lost_connection
+    (`proxy.h11_strict`), no writes to a lost connection (`proxy.lost_connection`), h11 response heads
+    validated twice instead of four times (`proxy.h11_headers`), and a streamed HTTP/1.1 chunk written in one
+    step (`proxy.h11_body_send`, after the trailers patch it goes around). True: trailers work on HTTP/1.1."""
+    from proxy import h2_backpressure, h11_body_send, h11_headers, h11_strict, http11_trailers, lost_connection
 
     http11_trailers.install()
     h2_backpressure.install()
     h11_strict.install()
     lost_connection.install()
     h11_headers.install()
+    h11_body_send.install()
     return True
 
 

@@ -1,0 +1,103 @@
+"""`proxy.h11_body_send`: a streamed HTTP/1.1 chunk goes to the socket in one step, framed exactly as h11 frames
+it, and every other message still takes hypercorn's own path (trailers, the last chunk, HTTP/1.0, HEAD)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import h11
+import pytest
+from hypercorn.protocol.h11 import H11Protocol
+
+from proxy import h11_body_send, http11_trailers
+from tests.test_http11_trailers import (
+    BODY,
+    TRAILER_SECTION,
+    TRAILERS,
+    App,
+    H11Client,
+    Hypercorn,
+    raw_exchange,
+)
+
+TE_TRAILERS = [(b"te", b"trailers")]
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[Hypercorn]:
+    http11_trailers.install()
+    h11_body_send.install()  # as `teeproxy serve` installs them: the trailers patch first
+    srv = Hypercorn(App())
+    yield srv
+    srv.stop()
+    assert srv.problems() == []
+
+
+@pytest.fixture
+def h11_events(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The events hypercorn still asks h11 to write."""
+    seen: list[str] = []
+    original = H11Protocol._send_h11_event
+
+    async def recording(self: H11Protocol, event: Any) -> None:
+        seen.append(type(event).__name__)
+        await original(self, event)
+
+    monkeypatch.setattr(H11Protocol, "_send_h11_event", recording)
+    return seen
+
+
+def test_middle_chunks_skip_h11_and_the_bytes_are_h11s(server: Hypercorn, h11_events: list[str]) -> None:
+    with H11Client(server.port) as client:
+        client.request("/", TE_TRAILERS)
+        head, chunks, end = client.response()
+        raw = client.raw
+    assert head.status_code == 200 and end.headers == TRAILERS
+    assert raw.endswith(b"\r\n\r\n4\r\none \r\n4\r\ntwo \r\n5\r\nthree\r\n" + TRAILER_SECTION)
+    assert b"".join(chunks) == BODY
+    # The head and the end (with its trailers) are h11's; the three chunks were framed here.
+    assert h11_events == ["Response", "EndOfMessage"]
+
+
+def test_keep_alive_carries_on_after_a_short_path_response(server: Hypercorn) -> None:
+    with H11Client(server.port) as client:
+        for _ in range(3):
+            client.request("/", TE_TRAILERS)
+            assert client.response()[2].headers == TRAILERS
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "ending"),
+    [
+        (b"GET / HTTP/1.0\r\n\r\n", b"\r\n\r\none two three"),  # HTTP/1.0: no chunked coding, h11's writer
+        (b"GET /content-length HTTP/1.1\r\nHost: x\r\n\r\n", b"\r\n\r\none two three"),  # a length, not chunks
+    ],
+)
+def test_other_framings_take_hypercorns_path(
+    server: Hypercorn, h11_events: list[str], request_bytes: bytes, ending: bytes
+) -> None:
+    assert raw_exchange(server.port, request_bytes).endswith(ending)
+    assert h11_events.count("Data") == 3
+
+
+def test_install_is_idempotent_and_refuses_another_hypercorn(monkeypatch: pytest.MonkeyPatch) -> None:
+    from hypercorn.protocol.http_stream import HTTPStream
+
+    patched = HTTPStream.app_send
+    h11_body_send.install()
+    assert HTTPStream.app_send is patched
+    monkeypatch.setattr("importlib.metadata.version", lambda name: "0.19.0" if name == "hypercorn" else "0.16.0")
+    with pytest.raises(RuntimeError, match="hypercorn 0.18.x"):
+        h11_body_send.install()
+
+
+def test_h11_is_what_the_short_path_assumes() -> None:
+    """A Data event changes no h11 state while sending a chunked body: skipping h11 for it loses nothing."""
+    connection = h11.Connection(h11.SERVER)
+    connection.receive_data(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+    connection.next_event()
+    connection.send(h11.Response(status_code=200, headers=[]))
+    before = (connection.our_state, type(connection._writer))  # type: ignore[attr-defined]
+    assert connection.send(h11.Data(data=b"abc")) == b"3\r\nabc\r\n"
+    assert (connection.our_state, type(connection._writer)) == before  # type: ignore[attr-defined]
