@@ -49,15 +49,10 @@ def install() -> None:
     if getattr(original, _MARK, False):
         return
     response_state = getattr(getattr(http_stream, "ASGIHTTPState", None), "RESPONSE", None)
-    seams = (
-        response_state is not None,
-        "send_lock" in TCPServer.__init__.__code__.co_names,
-        "writer" in TCPServer.__init__.__code__.co_names,
-        "connection" in H11Protocol.__init__.__code__.co_names,
-        hasattr(h11.Connection, "_writer") or "_writer" in h11.Connection.__init__.__code__.co_names,
-    )
-    if not all(seams):
-        raise RuntimeError(f"hypercorn {version} / h11 {h11_version} are not what proxy.h11_body_send expects")
+    if response_state is None:
+        raise RuntimeError(f"hypercorn {version} is not what proxy.h11_body_send expects (no ASGIHTTPState)")
+    # The instance attributes it reads (the server's send lock and writer, h11's writer) are looked up with a
+    # default at each call: where one is missing, the message takes hypercorn's own path.
     send_body = h11.SEND_BODY
 
     async def app_send(self: Any, message: Any) -> None:
@@ -72,18 +67,21 @@ def install() -> None:
             if body and type(protocol) is H11Protocol:
                 connection = protocol.connection
                 server = getattr(protocol.send, "__self__", None)
+                lock = getattr(server, "send_lock", None)
+                writer = getattr(server, "writer", None)
                 if (
                     connection.our_state is send_body
-                    and type(connection._writer) is ChunkedWriter
+                    and type(getattr(connection, "_writer", None)) is ChunkedWriter
                     and type(server) is TCPServer
-                    and not server.send_lock.locked()
+                    and lock is not None
+                    and writer is not None
+                    and not lock.locked()
                 ):
-                    writer = server.writer
                     transport = writer.transport
                     if not transport.is_closing():
                         transport.write(b"%x\r\n%b\r\n" % (len(body), body))
                         if transport.get_write_buffer_size():
-                            async with server.send_lock:
+                            async with lock:
                                 try:
                                     await writer.drain()
                                 except (ConnectionError, RuntimeError):
