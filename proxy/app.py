@@ -21,7 +21,7 @@ from proxy import collector, cors, forward
 from proxy.access_log import AccessLog
 from proxy.admin import build_admin
 from proxy.asgi_types import Receive, Scope, Send
-from proxy.collector import GcWatch
+from proxy.collector import GcWatch, IdleCollector
 from proxy.config import Config
 from proxy.demo import DemoUpstream
 from proxy.errors import StartupError
@@ -48,6 +48,7 @@ class TeeProxy:
         # another process (the tests') leaves that process's collector alone.
         self.tune_gc = tune_gc
         self._gc_watch = GcWatch()
+        self.idle_collector = IdleCollector() if tune_gc else None
         self.state: ProxyState | None = None
         self.metrics = Metrics()
         # Where this run's workers publish live events: $TEEPROXY_LIVE_DIR (N workers, made by proxy.serving),
@@ -138,8 +139,12 @@ class TeeProxy:
             await asyncio.sleep(SAMPLE_INTERVAL_S)
 
     def sample(self) -> None:
-        """This worker's figures into the metrics (every second, and when a scrape is served)."""
-        self.metrics.sample(self.state.ledger if self.state is not None else None, self._gc_watch.drain())
+        """This worker's figures into the metrics (every second, and when a scrape is served); a full collection
+        of the garbage collector when the worker is idle (`proxy.collector.IdleCollector`)."""
+        state = self.state
+        if self.idle_collector is not None and state is not None:
+            self.idle_collector.maybe_collect(state.drain.inflight, state.drain.started)
+        self.metrics.sample(state.ledger if state is not None else None, self._gc_watch.drain())
 
     def begin_shutdown(self) -> None:
         """A stop signal (proxy.serving): end the live view's streams now, and drain the proxied requests

@@ -24,11 +24,13 @@ class Drain:
     def __init__(self) -> None:
         self.draining = False
         self._inflight: dict[asyncio.Task[None], Stoppable] = {}
+        self.started = 0  # requests ever tracked (proxy.collector's idle collection reads it)
         self._timer: asyncio.TimerHandle | None = None
         self._idle = asyncio.Event()
         self._idle.set()
 
     def track(self, task: asyncio.Task[None], exchange: Stoppable) -> None:
+        self.started += 1
         self._inflight[task] = exchange
         self._idle.clear()
 
