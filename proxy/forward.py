@@ -399,9 +399,11 @@ async def _send_json(ex: Exchange, send: Send, status: int, body: bytes, headers
     if ex.close_connection:
         out.append((b"connection", b"close"))
     await send({"type": "http.response.start", "status": status, "headers": out})
-    await send({"type": "http.response.body", "body": body, "more_body": False})
     ex.response_started = True
     ex.status = status
+    ex.first_byte_at = time.perf_counter()
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+    ex.bytes_to_client += len(body)
 
 
 async def _send_error(ex: Exchange, send: Send, exc: ProxyError) -> None:
