@@ -71,7 +71,7 @@ def test_keep_alive_carries_on_after_a_short_path_response(server: Hypercorn) ->
     ("request_bytes", "ending"),
     [
         (b"GET / HTTP/1.0\r\n\r\n", b"\r\n\r\none two three"),  # HTTP/1.0: no chunked coding, h11's writer
-        (b"GET /content-length HTTP/1.1\r\nHost: x\r\n\r\n", b"\r\n\r\none two three"),  # a length, not chunks
+        (b"GET /content-length HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", b"\r\n\r\none two three"),
     ],
 )
 def test_other_framings_take_hypercorns_path(
