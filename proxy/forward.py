@@ -147,7 +147,7 @@ async def _end_for_shutdown(ex: Exchange, send: Send) -> None:
         return
     if not ex.streaming or ex.route is None or ex.sink is None:
         return  # a plain body: leaving it unfinished ends the response abnormally, never as a clean end
-    event = ex.dialect.stream_error(ex.route, exc)
+    event = ex.dialect.stream_error(ex.route, exc, ex.sink.last)
     if ex.sse and not ex.sink.at_boundary:
         event = b"\n\n" + event
     await ex.sink.write(event)

@@ -109,7 +109,7 @@ async def relay(
         if streaming:
             # After the first byte the status is spent: tell the client in the dialect's own in-stream form,
             # in a frame of its own even when the upstream stopped mid-frame.
-            event = dialect.stream_error(route, failure)
+            event = dialect.stream_error(route, failure, sink.last)
             if sse and not sink.at_boundary:
                 event = b"\n\n" + event
             await emit(event)
@@ -154,7 +154,7 @@ async def _pump(
 class ClientStream:
     """The client's side of the relay: body writes, their timings, and keep-alives between frames."""
 
-    __slots__ = ("_ex", "_send", "_transport", "at_boundary", "keepalive", "last_write_at", "_writing")
+    __slots__ = ("_ex", "_send", "_transport", "at_boundary", "keepalive", "last", "last_write_at", "_writing")
 
     def __init__(self, ex: Exchange, send: Send, keepalive: bytes | None) -> None:
         self._ex = ex
@@ -162,6 +162,7 @@ class ClientStream:
         self._transport = CLIENT_TRANSPORT.get()
         self.keepalive = keepalive
         self.at_boundary = True  # the client holds whole frames only
+        self.last = b""  # the last body piece written (a dialect's in-stream error may depend on it)
         self.last_write_at = time.perf_counter()
         self._writing = False
 
@@ -176,6 +177,7 @@ class ClientStream:
                 ex.max_gap_s = gap
         ex.last_byte_at = self.last_write_at = now
         self.at_boundary = data.endswith(FRAME_ENDS)
+        self.last = data
         self._writing = True
         taken = self._open()
         try:

@@ -452,6 +452,15 @@ def test_in_stream_error_ends_a_json_array(shared_fixtures: pathlib.Path) -> Non
     assert len(parser.feed(whole)) == len(parsed) and parser.done
 
 
+@pytest.mark.parametrize("sent", [b"[", b"[\r\n", b"  [ "])
+def test_in_stream_error_right_after_the_opening_bracket_is_the_only_element(sent: bytes) -> None:
+    exc = UpstreamTimeout("upstream read timed out")
+    whole = sent + DIALECT.stream_error(ARRAY_ROUTE, exc, after=sent)
+    assert json.loads(whole) == [
+        {"error": {"code": 504, "message": "upstream read timed out", "status": "DEADLINE_EXCEEDED"}}
+    ]
+
+
 def test_models_body() -> None:
     body = DIALECT.models_body([("gemini-2.5-pro", "google"), ("gemini-2.0-flash", "google")])
     methods = ["generateContent", "streamGenerateContent", "countTokens"]

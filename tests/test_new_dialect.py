@@ -74,7 +74,7 @@ class ToyDialect:
     def error_response(self, exc: ProxyError) -> tuple[int, Headers, bytes]:
         return exc.status, [(b"content-type", b"application/json")], json.dumps({"toy_error": exc.message}).encode()
 
-    def stream_error(self, route: Route, exc: ProxyError) -> bytes:
+    def stream_error(self, route: Route, exc: ProxyError, after: bytes = b"") -> bytes:
         return b""
 
     def models_body(self, models: list[tuple[str, str]]) -> bytes:

@@ -358,7 +358,7 @@ class AnthropicDialect:
     def error_response(self, exc: ProxyError) -> tuple[int, Headers, bytes]:
         return exc.status, list(_JSON), error_body(exc)
 
-    def stream_error(self, route: Route, exc: ProxyError) -> bytes:
+    def stream_error(self, route: Route, exc: ProxyError, after: bytes = b"") -> bytes:
         return b"event: error\ndata: " + error_body(exc) + b"\n\n"
 
     def models_body(self, models: list[tuple[str, str]]) -> bytes:

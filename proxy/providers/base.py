@@ -150,8 +150,10 @@ class Dialect(Protocol):
         dialect's own error format."""
         ...
 
-    def stream_error(self, route: Route, exc: ProxyError) -> bytes:
-        """A proxy-made error after the first byte: the dialect's own in-stream error event, whole frames."""
+    def stream_error(self, route: Route, exc: ProxyError, after: bytes = b"") -> bytes:
+        """A proxy-made error after the first byte: the dialect's own in-stream error event, whole frames.
+        `after` is the last piece of body the client got (a JSON array's next element needs a comma only when
+        one came before it)."""
         ...
 
     def models_body(self, models: list[tuple[str, str]]) -> bytes:

@@ -426,7 +426,7 @@ class BedrockDialect:
         headers = [(b"content-type", b"application/json"), (b"x-amzn-errortype", error_type.encode())]
         return exc.status, headers, _encode({"message": exc.message})
 
-    def stream_error(self, route: Route, exc: ProxyError) -> bytes:
+    def stream_error(self, route: Route, exc: ProxyError, after: bytes = b"") -> bytes:
         """An exception frame of a type both stream unions (ConverseStreamOutput, ResponseStream) declare."""
         if isinstance(exc, UpstreamTimeout | UpstreamProtocolError):
             exception_type = "modelStreamErrorException"  # the model's stream broke off

@@ -351,11 +351,13 @@ class GeminiDialect:
     def error_response(self, exc: ProxyError) -> tuple[int, Headers, bytes]:
         return exc.status, list(_JSON), error_body(exc)
 
-    def stream_error(self, route: Route, exc: ProxyError) -> bytes:
+    def stream_error(self, route: Route, exc: ProxyError, after: bytes = b"") -> bytes:
         if route.kind == KIND_STREAM_SSE:
             return b"data: " + error_body(exc) + b"\n\n"
-        # What Google itself ends a failed JSON-array stream with: one more element, then the closing bracket.
-        return b",\r\n" + error_body(exc) + b"\r\n]"
+        # What Google itself ends a failed JSON-array stream with: one more element, then the closing bracket;
+        # right after the opening bracket it is the first element, with no comma before it.
+        separator = b"\r\n" if after.rstrip().endswith(b"[") else b",\r\n"
+        return separator + error_body(exc) + b"\r\n]"
 
     def models_body(self, models: list[tuple[str, str]]) -> bytes:
         entries = [_Model(f"models/{model}", model, list(_GENERATION_METHODS)) for model, _owner in models]

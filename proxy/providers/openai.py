@@ -483,7 +483,7 @@ class OpenAIDialect:
     def error_response(self, exc: ProxyError) -> tuple[int, Headers, bytes]:
         return exc.status, list(_JSON), error_body(exc)
 
-    def stream_error(self, route: Route, exc: ProxyError) -> bytes:
+    def stream_error(self, route: Route, exc: ProxyError, after: bytes = b"") -> bytes:
         """Chat and completions: an error chunk (the SDKs raise on it), then `[DONE]` so the stream still ends
         as one should. Responses: the API's own `error` event and a `response.failed` one, which the SDK's
         stream yields (it does not raise on them)."""
