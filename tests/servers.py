@@ -281,7 +281,7 @@ class Stack:
 
 def start_stack(
     tmp_path: Any,
-    extra: str = "",
+    extra: str | Callable[[str], str] = "",
     provider_extra: str = "",
     ledger: str | None = None,
     tls: tuple[str, str] | None = None,
@@ -291,6 +291,8 @@ def start_stack(
     upstream = ReplayUpstream()
     loop.run(upstream.server.start())
     ledger_path = str(tmp_path / "ledger.db")
+    if callable(extra):  # config that names the replay upstream's address, known only now
+        extra = extra(upstream.base_url)
     config = parse_config(
         proxy_config_text(upstream.base_url, ledger_path, extra, provider_extra, ledger, server_extra), "test-config"
     )

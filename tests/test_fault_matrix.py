@@ -43,20 +43,16 @@ import h11
 import pytest
 from botocore.eventstream import EventStreamBuffer
 
-from proxy.config import parse_config
 from proxy.parsers.eventstream import event_frame
 from tests.servers import (
     CLIENT_KEY,
     UPSTREAM_KEY_ENV,
     UPSTREAM_SECRET,
-    LoopThread,
-    ProxyServer,
-    ReplayUpstream,
     Script,
     Stack,
     free_port,
-    proxy_config_text,
     root_url,
+    start_stack,
 )
 
 DIALECTS = ("openai", "anthropic", "gemini", "bedrock")
@@ -128,22 +124,9 @@ connect_timeout_s = 2
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     with pytest.MonkeyPatch.context() as monkeypatch:
         monkeypatch.setenv(UPSTREAM_KEY_ENV, UPSTREAM_SECRET)
-        loop = LoopThread()
-        upstream = ReplayUpstream()
-        try:
-            loop.run(upstream.server.start())
-            ledger_path = str(tmp_path_factory.mktemp("fault-matrix") / "ledger.db")
-            extra = fault_providers(upstream.base_url, free_port())
-            config = parse_config(proxy_config_text(upstream.base_url, ledger_path, extra), "fault-matrix")
-            proxy = ProxyServer(loop, config)
-            proxy.start()
-            try:
-                yield Stack(loop, upstream, proxy, ledger_path)
-            finally:
-                proxy.stop()
-        finally:
-            loop.run(upstream.server.aclose())
-            loop.close()
+        yield from start_stack(
+            tmp_path_factory.mktemp("fault-matrix"), extra=lambda base_url: fault_providers(base_url, free_port())
+        )
 
 
 # --- a raw HTTP/1.1 client that also reports how the response ended ---------------------------------------------
