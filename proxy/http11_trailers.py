@@ -79,7 +79,7 @@ def install() -> None:
 
     stream_cls = http_stream.HTTPStream
     protocol_cls = hc_h11.H11Protocol
-    if getattr(stream_cls.app_send, _MARK, False) and getattr(protocol_cls.stream_send, _MARK, False):
+    if stream_cls.__dict__.get(_MARK, False):  # on the class: other patches may wrap app_send over this one
         return
     trailers_state = getattr(getattr(http_stream, "ASGIHTTPState", None), "TRAILERS", None)
     missing = [
@@ -132,7 +132,6 @@ def install() -> None:
             return
         await original_stream_send(self, event)
 
-    setattr(app_send, _MARK, True)
-    setattr(stream_send, _MARK, True)
     stream_cls.app_send = app_send  # type: ignore[method-assign]
     protocol_cls.stream_send = stream_send  # type: ignore[method-assign]
+    setattr(stream_cls, _MARK, True)

@@ -3,6 +3,7 @@ it, and every other message still takes hypercorn's own path (trailers, the last
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from typing import Any
 
@@ -101,3 +102,42 @@ def test_h11_is_what_the_short_path_assumes() -> None:
     before = (connection.our_state, type(connection._writer))  # type: ignore[attr-defined]
     assert connection.send(h11.Data(data=b"abc")) == b"3\r\nabc\r\n"
     assert (connection.our_state, type(connection._writer)) == before  # type: ignore[attr-defined]
+
+
+class HeadFirst:
+    """Starts the response, then waits (an upstream that has not sent its first chunk yet) until `go` is set."""
+
+    def __init__(self) -> None:
+        self.go = asyncio.Event()
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while (await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
+        await self.go.wait()
+        await send({"type": "http.response.body", "body": b"late", "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+def test_a_head_whose_first_chunk_is_late_goes_out_at_once() -> None:
+    """A client whose upstream is slow to start gets the status and headers right away, and the chunk when it
+    comes (nothing on the short path holds the head back)."""
+    http11_trailers.install()
+    h11_body_send.install()
+    app = HeadFirst()
+    srv = Hypercorn(app)
+    try:
+        with H11Client(srv.port) as client:
+            client.request("/", [])
+            head = client.next_event()  # arrives while the app is still waiting
+            assert isinstance(head, h11.Response) and head.status_code == 200
+            srv.call_soon(app.go.set)
+            data = client.next_event()
+            assert isinstance(data, h11.Data) and bytes(data.data) == b"late"
+            assert isinstance(client.next_event(), h11.EndOfMessage)
+    finally:
+        srv.stop()
+    assert srv.problems() == []
