@@ -16,6 +16,9 @@ for the cut-short plain body, each dialect's non-streaming endpoint. Faults, eac
                504 (no response head in time) and 502 (nothing listening)
     drip       a short stream written one byte at a time, with pauses
 
+and two kinds of client: one that leaves at its first body bytes (the request ends at once, recorded as
+`client_disconnected`), and one that reads a 2 MiB frame slowly (every byte arrives, in order).
+
 What each cell checks is what the README promises ("Resilience", "Failover, faults and shutdown"): the client
 gets every byte the upstream sent, byte for byte, first; when the upstream failed mid-stream, the dialect's own
 in-stream error follows, in a frame of its own, and the response still ends properly; a plain body cut short
@@ -141,7 +144,17 @@ class Got:
     clean: bool  # the body ended properly (its last chunk, or its whole Content-Length), not by a closed connection
 
 
-def post(port: int, target: str, body: bytes, headers: list[tuple[str, str]], timeout_s: float = 10.0) -> Got:
+def post(
+    port: int,
+    target: str,
+    body: bytes,
+    headers: list[tuple[str, str]],
+    timeout_s: float = 10.0,
+    leave_after: int | None = None,
+    slow: bool = False,
+) -> Got:
+    """`leave_after`: close the socket once that many body bytes have arrived (a client that leaves);
+    `slow`: read 4 KiB at a time with a pause after each (a client that reads slowly)."""
     conn = h11.Connection(h11.CLIENT)
     all_headers = [
         ("host", f"127.0.0.1:{port}"),
@@ -166,10 +179,14 @@ def post(port: int, target: str, body: bytes, headers: list[tuple[str, str]], ti
             except h11.RemoteProtocolError:  # the connection closed before the body's end
                 return got(False, {})
             if event is h11.NEED_DATA:
+                if leave_after is not None and sum(map(len, parts)) >= leave_after:
+                    return got(False, {})
                 try:
-                    data = sock.recv(65536)
+                    data = sock.recv(4096 if slow else 65536)
                 except ConnectionResetError:
                     data = b""
+                if slow:
+                    time.sleep(0.001)
                 conn.receive_data(data)
             elif isinstance(event, h11.Response):
                 response = event
@@ -361,12 +378,13 @@ class Wire:
         """The stream with `frame` inserted after BEFORE frames."""
         return b"".join(self.frames[:BEFORE]) + frame + b"".join(self.frames[BEFORE:])
 
-    def send(self, stack: Stack, model: str | None = None) -> tuple[Got, Any]:
-        """One request, asking for the trailers; what the client got, and the request's ledger record."""
+    def send(self, stack: Stack, model: str | None = None, **client: Any) -> tuple[Got, Any]:
+        """One request, asking for the trailers; what the client got, and the request's ledger record. `client`:
+        how the client misbehaves (`post`'s `leave_after`, `slow`)."""
         request_id = f"fault-{uuid.uuid4().hex}"
         headers = [self.auth, ("te", "trailers"), ("x-teeproxy-request-id", request_id)]
         model = model or self.model
-        got = post(stack.proxy.port, self.target(model), self.request(model), headers)
+        got = post(stack.proxy.port, self.target(model), self.request(model), headers, **client)
         return got, record_of(stack, request_id)
 
 
@@ -774,6 +792,36 @@ def test_a_2mib_frame_passes_through_and_the_count_stands(stack: Stack, wire: Wi
     body = wire.with_inserted(wire.big(BIG_TEXT))
     stack.upstream.script = script(wire, body, chunk_sizes=[65536])
     got, record = wire.send(stack)
+    assert got.status == 200 and got.clean
+    assert got.body == wire.client_bytes(body)
+    assert_record(record, got, wire, outcome="completed", figures=wire.seen[-1])
+    assert_trailers_agree(got, record)
+
+
+# --- clients that misbehave: one that leaves mid-stream, one that reads slowly -------------------------------------
+
+
+@pytest.mark.parametrize("wire", WIRES, ids=IDS)
+def test_a_client_that_leaves_mid_stream_ends_the_upstream_request(stack: Stack, wire: Wire) -> None:
+    """The upstream writes a frame every 0.3 s; the client leaves at its first body bytes. The request ends at
+    once (the upstream connection closed, the provider stops generating): its record is written long before the
+    stream would have ended, and says so."""
+    pause_s = 0.3
+    stack.upstream.script = script(wire, wire.body, chunk_sizes=[len(wire.frames[0])], pause_s=pause_s)
+    got, record = wire.send(stack, leave_after=1)
+    assert got.status == 200 and not got.clean and got.body
+    assert record.outcome == "client_disconnected"
+    assert record.http_status == 200 and record.provider == wire.provider
+    assert record.duration_ms < (len(wire.body) // len(wire.frames[0]) - 1) * pause_s * 1000
+
+
+@pytest.mark.parametrize("wire", WIRES, ids=IDS)
+def test_a_client_that_reads_slowly_gets_every_byte(stack: Stack, wire: Wire) -> None:
+    """A 2 MiB frame read 4 KiB at a time: the relay waits for the client (the upstream is held back by TCP),
+    nothing is lost or reordered, and the count stands."""
+    body = wire.with_inserted(wire.big(BIG_TEXT))
+    stack.upstream.script = script(wire, body, chunk_sizes=[65536])
+    got, record = wire.send(stack, slow=True)
     assert got.status == 200 and got.clean
     assert got.body == wire.client_bytes(body)
     assert_record(record, got, wire, outcome="completed", figures=wire.seen[-1])
