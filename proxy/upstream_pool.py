@@ -73,7 +73,7 @@ class UpstreamPool:
                     if connection.closed:
                         continue  # the server closed it while idle (already forgotten)
                     if now - connection.idle_since > self._keepalive_expiry:
-                        self._discard(connection)
+                        self.discard(connection)
                         continue
                     return connection
             if self._in_use_or_opening() >= self._max_connections:
@@ -161,14 +161,11 @@ class UpstreamPool:
             if oldest is connection or not (oldest.closed or now - oldest.idle_since > self._keepalive_expiry):
                 break
             idle.popleft()
-            self._discard(oldest)
+            self.discard(oldest)
         self._wake_next()
 
     def discard(self, connection: UpstreamConnection) -> None:
         """Close a connection that will not serve again (a response cut short, a failed request)."""
-        self._discard(connection)
-
-    def _discard(self, connection: UpstreamConnection) -> None:
         connection.close()
         self._forget(connection)
 
@@ -182,7 +179,7 @@ class UpstreamPool:
             while idle:
                 connection = idle.popleft()
                 if not connection.closed:
-                    self._discard(connection)
+                    self.discard(connection)
                     return
 
     def close(self) -> None:
