@@ -1,6 +1,6 @@
 """Requests to providers: the one long-lived client, a response whose body is read as it arrives.
 
-The hot path is an asyncio Protocol with h11 (`proxy.upstream_conn`) over an O(1) pool
+The hot path is an asyncio Protocol with sans-I/O heads and bodies (`proxy.upstream_conn`) over an O(1) pool
 (`proxy.upstream_pool`): no redirects (a provider's redirect is forwarded as is, never followed to a host the
 config did not name), no environment proxies, no decompression (the relay forwards the bytes as sent, and
 asks for `identity`).

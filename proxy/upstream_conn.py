@@ -1,5 +1,5 @@
-"""One HTTP/1.1 connection to a provider: an asyncio Protocol; h11 for the request and the response head, a
-sans-I/O body reader (`proxy.parsers.body`) for the body.
+"""One HTTP/1.1 connection to a provider: an asyncio Protocol; sans-I/O heads (`proxy.parsers.head`: the
+request written, the response head read) and body reader (`proxy.parsers.body`).
 
 This is the relay's upstream hot path, kept as short as the event loop allows:
 
@@ -26,11 +26,10 @@ import asyncio
 import collections
 from collections.abc import Callable
 
-import h11
-
 from proxy import transport_cycles
 from proxy.errors import UpstreamError, UpstreamProtocolError, UpstreamTimeout
 from proxy.parsers.body import BodyError, BodyReader, CloseBody, reader_for
+from proxy.parsers.head import HeadError, ResponseHead, ResponseHeadReader, request_head
 
 # Bytes queued for the relay before the socket stops being read.
 HIGH_WATER = 64 * 1024
@@ -54,7 +53,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.on_lost: Callable[[UpstreamConnection], None] | None = None  # the pool's, to forget it
         self._loop = loop
         self._transport: asyncio.Transport | None = None
-        self._h11 = h11.Connection(h11.CLIENT)
+        self._head_reader: ResponseHeadReader | None = None
         self._body: BodyReader | None = None
         self._keep_alive = False
         self._in_use = False
@@ -90,12 +89,15 @@ class UpstreamConnection(asyncio.Protocol):
         if self._body is not None:
             self._take_body(data)
             return
+        assert self._head_reader is not None
         try:
-            self._h11.receive_data(data)
-            self._take_head()
-        except h11.RemoteProtocolError:
+            parsed = self._head_reader.feed(data)
+        except HeadError:
             self._fail(UpstreamProtocolError("the upstream provider broke the HTTP protocol"))
             self.close()
+            return
+        if parsed is not None:
+            self._take_head(*parsed)
 
     def eof_received(self) -> bool | None:
         return None  # close the transport; connection_lost follows
@@ -135,24 +137,12 @@ class UpstreamConnection(asyncio.Protocol):
 
     # -- the response
 
-    def _take_head(self) -> None:
-        """h11 parses the head; from its end on, the body reader (`proxy.parsers.body`) takes the bytes."""
-        while True:
-            event = self._h11.next_event()
-            if event is h11.NEED_DATA:
-                return
-            if type(event) is h11.Response:
-                break
-            if type(event) is not h11.InformationalResponse:  # 1xx: the final response follows
-                raise h11.RemoteProtocolError("unexpected event before the response head")
-        assert isinstance(event, h11.Response)
-        headers = list(event.headers)
-        self._head = (event.status_code, headers)
-        self._keep_alive = event.http_version == b"1.1" and not any(
-            name == b"connection" and b"close" in value.lower() for name, value in headers
-        )
-        self._body = reader_for(event.status_code, headers)
-        rest = self._h11.trailing_data[0]
+    def _take_head(self, head: ResponseHead, rest: bytes) -> None:
+        """From the head's end on, the body reader (`proxy.parsers.body`) takes the bytes."""
+        self._head_reader = None
+        self._head = (head.status, head.headers)
+        self._keep_alive = head.keep_alive
+        self._body = reader_for(head.status, head.headers)
         if rest or self._body.done:
             self._take_body(rest)
         else:
@@ -201,16 +191,12 @@ class UpstreamConnection(asyncio.Protocol):
         self._in_use = True
         self._received = False
         self._read_timeout = read_timeout
-        if self.reused:
-            self._h11 = h11.Connection(h11.CLIENT)  # a new cycle: the last one's h11 stopped at its head
         try:
-            data = self._h11.send(h11.Request(method=method, target=target, headers=headers))
-            data += self._h11.send(h11.Data(data=body)) if body else b""
-            data += self._h11.send(h11.EndOfMessage())
-        except h11.LocalProtocolError:
+            data = request_head(method, target, headers)
+        except HeadError:
             raise UpstreamProtocolError("the request could not be framed for the upstream provider") from None
-        assert data is not None
-        self._transport.write(data)
+        self._head_reader = ResponseHeadReader()
+        self._transport.write(data + body)
         if self._writing_paused:
             await self._drain_writes()
         while self._head is None:

@@ -1,10 +1,10 @@
 """Sans-I/O HTTP/1.1 response body framing: bytes off the socket in, body bytes out (RFC 9112 §6 and §7.1).
 
-h11 parses the upstream's response head; the body, which is where every chunk of every stream goes, is read
-here. h11 turns each HTTP chunk into an event that passes through its state machine (a dataclass, validation,
-state transitions): about 1 µs per chunk, which for a read holding a hundred SSE frames was a third of the
-proxy's CPU. These readers take a whole read at a time and return its body bytes in one piece, with
-`bytes.find` and slicing, never a loop per byte.
+`proxy.parsers.head` reads the upstream's response head; the body, which is where every chunk of every stream
+goes, is read here. h11, which read these bodies before, turns each HTTP chunk into an event that passes through
+its state machine (a dataclass, validation, state transitions): about 1 µs per chunk, which for a read holding a
+hundred SSE frames was a third of the proxy's CPU. These readers take a whole read at a time and return its body
+bytes in one piece, with `bytes.find` and slicing, never a loop per byte.
 
 Three framings, chosen from the head by `reader_for`:
 
@@ -182,9 +182,9 @@ BodyReader = LengthBody | CloseBody | ChunkedBody
 
 
 def reader_for(status: int, headers: list[tuple[bytes, bytes]], head_request: bool = False) -> BodyReader:
-    """The framing of a response body from its status and head (RFC 9112 §6.3); names lowercased. h11 has
-    already refused heads whose framing is invalid (conflicting or malformed Content-Length, a Transfer-Encoding
-    that is not chunked)."""
+    """The framing of a response body from its status and head (RFC 9112 §6.3); names lowercased.
+    `proxy.parsers.head` has already refused heads whose framing is invalid (conflicting or malformed
+    Content-Length, a Transfer-Encoding that is not chunked)."""
     if head_request or status < 200 or status in (204, 304):
         return LengthBody(0)
     length = None
