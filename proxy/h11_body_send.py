@@ -28,6 +28,7 @@ from typing import Any
 SUPPORTED_PREFIX = "0.18."
 H11_PREFIX = "0.16."
 _MARK = "__teeproxy_h11_body_send__"
+_PATH = "_teeproxy_body_path"
 
 
 def install() -> None:
@@ -52,9 +53,28 @@ def install() -> None:
     response_state = getattr(getattr(http_stream, "ASGIHTTPState", None), "RESPONSE", None)
     if response_state is None:
         raise RuntimeError(f"hypercorn {version} is not what proxy.h11_body_send expects (no ASGIHTTPState)")
-    # The instance attributes it reads (the server's send lock and writer, h11's writer) are looked up with a
-    # default at each call: where one is missing, the message takes hypercorn's own path.
+    # What the short path needs is found once per response, on its first body message, and kept on the stream:
+    # the h11 connection, the server's send lock and writer, the transport, the server; False where the stream does not
+    # qualify (HTTP/2, a WebSocket, another server class, a writer that is not h11's chunked one). The
+    # instance attributes are looked up with a default: where one is missing, hypercorn's own path is taken.
     send_body = h11.SEND_BODY
+
+    def body_path(stream: Any) -> tuple[Any, Any, Any, Any, Any] | bool:
+        protocol: Any = getattr(stream.send, "__self__", None)
+        if type(protocol) is not H11Protocol:
+            return False
+        connection = protocol.connection
+        server = getattr(protocol.send, "__self__", None)
+        lock = getattr(server, "send_lock", None)
+        writer = getattr(server, "writer", None)
+        if (
+            type(server) is not TCPServer
+            or type(getattr(connection, "_writer", None)) is not ChunkedWriter
+            or lock is None
+            or writer is None
+        ):
+            return False
+        return connection, lock, writer, writer.transport, server
 
     async def app_send(self: Any, message: Any) -> None:
         if (
@@ -64,30 +84,20 @@ def install() -> None:
             and message.get("more_body", False)
         ):
             body = message.get("body", b"")
-            protocol: Any = getattr(self.send, "__self__", None)
-            if body and type(protocol) is H11Protocol:
-                connection = protocol.connection
-                server = getattr(protocol.send, "__self__", None)
-                lock = getattr(server, "send_lock", None)
-                writer = getattr(server, "writer", None)
-                if (
-                    connection.our_state is send_body
-                    and type(getattr(connection, "_writer", None)) is ChunkedWriter
-                    and type(server) is TCPServer
-                    and lock is not None
-                    and writer is not None
-                    and not lock.locked()
-                ):
-                    transport = writer.transport
-                    if not transport.is_closing():
-                        transport.write(b"%x\r\n%b\r\n" % (len(body), body))
-                        if transport.get_write_buffer_size():
-                            async with lock:
-                                try:
-                                    await writer.drain()
-                                except (ConnectionError, RuntimeError):
-                                    await server.protocol.handle(Closed())  # as protocol_send does
-                        return
+            path = self.__dict__.get(_PATH)
+            if path is None:
+                path = self.__dict__[_PATH] = body_path(self)
+            if body and path:
+                connection, lock, writer, transport, server = path
+                if connection.our_state is send_body and not lock.locked() and not transport.is_closing():
+                    transport.write(b"%x\r\n%b\r\n" % (len(body), body))
+                    if transport.get_write_buffer_size():
+                        async with lock:
+                            try:
+                                await writer.drain()
+                            except (ConnectionError, RuntimeError):
+                                await server.protocol.handle(Closed())  # as protocol_send does
+                    return
         await original(self, message)
 
     stream_cls.app_send = app_send
