@@ -140,6 +140,35 @@ def test_a_client_that_half_closes_still_gets_the_whole_response(
     loop.run(asyncio.wait_for(app.done.get(), TIMEOUT_S))
 
 
+def server_sockets_of(port: int, client_port: int) -> list[str]:
+    """The server's side of one connection in /proc/net/tcp: its TCP states (hex), [] once it is closed."""
+    states = []
+    for line in pathlib.Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local, remote, state = fields[1], fields[2], fields[3]
+        if int(local.split(":")[1], 16) == port and int(remote.split(":")[1], 16) == client_port:
+            states.append(state)
+    return states
+
+
+def test_a_connection_the_client_closed_is_let_go_at_once(streamer: tuple[HypercornServer, Streamer]) -> None:
+    """A keep-alive client that reads its response and closes: the server closes its side too, instead of
+    holding the socket in CLOSE_WAIT (and the connection's objects) for the keep-alive timeout."""
+    server, _ = streamer
+    with socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT_S) as sock:
+        client_port = sock.getsockname()[1]
+        sock.sendall(b"GET /small HTTP/1.1\r\nhost: x\r\n\r\n")
+        response = read_at_least(sock, 50 * 1024)
+        while not response.endswith(b"\r\n0\r\n\r\n"):  # all of it: closing with bytes unread would reset
+            response += read_at_least(sock, 1)
+        assert response.startswith(b"HTTP/1.1 200 ")
+        assert server_sockets_of(server.port, client_port) == ["01"]  # ESTABLISHED, kept alive
+    deadline = time.monotonic() + 2.0  # hypercorn's keep-alive timeout is 5 s: without the fix, CLOSE_WAIT ("08")
+    while server_sockets_of(server.port, client_port) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert server_sockets_of(server.port, client_port) == []
+
+
 def test_install_is_idempotent() -> None:
     from hypercorn.asyncio.tcp_server import TCPServer
 
