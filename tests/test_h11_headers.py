@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import h11
 import pytest
 from h11 import _connection, _headers
@@ -66,3 +68,71 @@ def test_install_is_idempotent_and_refuses_another_h11(monkeypatch: pytest.Monke
     monkeypatch.setattr("importlib.metadata.version", lambda name: "0.17.0")
     with pytest.raises(RuntimeError, match="h11 0.16.x"):
         h11_headers.install()
+
+
+# Bytes that matter to the patterns: token characters, separators, whitespace of each kind, NUL, controls,
+# obs-text, the NUL and LF the one-pass check joins with.
+_ALPHABET = list(b"aZ09-!|~:;, \t\r\n\x00\x01\x0b\x0c\x7f\x80\xff") + list(b"content-lngthrasfchuked")
+raw = st.lists(st.sampled_from(_ALPHABET), max_size=14).map(bytes)
+framing_name = st.sampled_from([b"Content-Length", b"content-length", b"Transfer-Encoding", b"transfer-encoding"])
+framing_value = st.sampled_from([b"5", b"5, 5", b"5, 6", b"05", b"-1", b"chunked", b"Chunked", b"gzip", b" 5"])
+# A value that holds what the one-pass check joins fields with: two fields' worth, if a check were missing.
+smuggling = st.builds(lambda a, name, b: a + b"\n" + name + b"\x00" + b, raw, token.map(str.encode), raw)
+# A name with a separator inside: one field's worth of name and value, if the separator were a token's neighbour.
+split_name = st.builds(
+    lambda a, sep, b: a + sep + b,
+    token.map(str.encode),
+    st.sampled_from([b":", b"\x00", b"\n", b" "]),
+    token.map(str.encode),
+)
+any_fields = st.lists(
+    st.one_of(
+        st.tuples(raw, raw),
+        st.tuples(split_name, token.map(str.encode)),
+        st.tuples(token.map(str.encode), raw),
+        st.tuples(token.map(str.encode), smuggling),
+        st.tuples(framing_name, framing_value),
+    ),
+    max_size=8,
+)
+
+
+def h11_says(headers: list[tuple[bytes, bytes]], validate: object) -> object:
+    assert callable(validate)
+    try:
+        return list(validate(headers)._full_items)
+    except h11.LocalProtocolError as exc:
+        return ("refused", str(exc))
+
+
+@given(any_fields)
+def test_one_pass_validation_accepts_and_refuses_what_h11_does(headers: list[tuple[bytes, bytes]]) -> None:
+    """The events' validation (one pass over the list) against h11's own (two regexes per field): the same
+    normalized list, or the same error."""
+    from h11 import _events
+
+    ours = getattr(_events, "normalize_and_validate")  # noqa: B009 - not re-exported
+    assert ours is not _headers.normalize_and_validate  # installed
+    assert h11_says(headers, ours) == h11_says(headers, _headers.normalize_and_validate)
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        [("x-a", "1")],  # str: h11 takes them and encodes
+        [(bytearray(b"x-a"), b"1")],
+        [[b"x-a", b"1"]],  # a list, not a tuple
+        [(b"x-a", b"1", b"2")],
+    ],
+)
+def test_other_header_shapes_are_h11s_to_judge(headers: Any) -> None:
+    from h11 import _events
+
+    ours = getattr(_events, "normalize_and_validate")  # noqa: B009 - not re-exported
+    outcomes: list[object] = []
+    for validate in (ours, _headers.normalize_and_validate):
+        try:
+            outcomes.append(list(validate(headers)._full_items))
+        except Exception as exc:
+            outcomes.append(type(exc))
+    assert outcomes[0] == outcomes[1]
