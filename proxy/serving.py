@@ -53,9 +53,18 @@ def install_http11_trailers() -> bool:
     """The contained extensions of hypercorn, once per process: HTTP/1.1 trailers, HTTP/2 flow control that makes
     the relay wait for a slow client (`proxy.h2_backpressure`), request heads refused for a bare LF
     (`proxy.h11_strict`), no writes to a lost connection (`proxy.lost_connection`), h11 response heads
-    validated twice instead of four times (`proxy.h11_headers`), and a streamed HTTP/1.1 chunk written in one
-    step (`proxy.h11_body_send`, after the trailers patch it goes around). True: trailers work on HTTP/1.1."""
-    from proxy import h2_backpressure, h11_body_send, h11_headers, h11_strict, http11_trailers, lost_connection
+    validated once, in one pass (`proxy.h11_headers`), a streamed HTTP/1.1 chunk written in one step
+    (`proxy.h11_body_send`, after the trailers patch it goes around), and the keep-alive timeout as a timer
+    (`proxy.idle_timer`). True: trailers work on HTTP/1.1."""
+    from proxy import (
+        h2_backpressure,
+        h11_body_send,
+        h11_headers,
+        h11_strict,
+        http11_trailers,
+        idle_timer,
+        lost_connection,
+    )
 
     http11_trailers.install()
     h2_backpressure.install()
@@ -63,6 +72,7 @@ def install_http11_trailers() -> bool:
     lost_connection.install()
     h11_headers.install()
     h11_body_send.install()
+    idle_timer.install()
     return True
 
 

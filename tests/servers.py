@@ -187,13 +187,17 @@ output_per_mtok = "0.60"
 class HypercornServer:
     """An ASGI app under a real hypercorn (HTTP/1.1 + h2c) on 127.0.0.1:<ephemeral>, served from `loop`."""
 
-    def __init__(self, loop: LoopThread, app: Any, tls: tuple[str, str] | None = None) -> None:
+    def __init__(
+        self, loop: LoopThread, app: Any, tls: tuple[str, str] | None = None, keep_alive_timeout: float | None = None
+    ) -> None:
         self._loop = loop
         self.app = app
         hc = HypercornConfig()
         hc.bind = ["127.0.0.1:0"]
         hc.accesslog = None
         hc.graceful_timeout = 5.0
+        if keep_alive_timeout is not None:
+            hc.keep_alive_timeout = keep_alive_timeout
         if tls is not None:
             hc.certfile, hc.keyfile = tls
         self.scheme = "https" if tls is not None else "http"
