@@ -21,6 +21,7 @@ real `AsyncioSingleTask`: nothing else changes.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import importlib.metadata
 from collections.abc import Callable
 from typing import Any
@@ -76,6 +77,7 @@ def install() -> None:
 
         async def stop(self) -> None:
             self._disarm()
+            self._server = self._task_group = None  # the server holds this timer: no reference cycle left
             await self._other.stop()
 
         def _disarm(self) -> None:
@@ -87,7 +89,8 @@ def install() -> None:
         def _fire(self) -> None:
             """What `_idle_timeout` does once its wait is over: close the connection from the server's side."""
             self._disarm()
-            self._task_group._task_group.create_task(self._server._initiate_server_close())
+            server, task_group, self._server, self._task_group = self._server, self._task_group, None, None
+            task_group._task_group.create_task(server._initiate_server_close())
 
     setattr(IdleTimer, _MARK, True)
     module.AsyncioSingleTask = IdleTimer
@@ -98,8 +101,10 @@ def _armed(context: Any) -> set[Any]:
     armed: set[Any] | None = context.__dict__.get(_ARMED)
     if armed is None:
         armed = context.__dict__[_ARMED] = set()
-        loop = asyncio.get_running_loop()
-        context.__dict__[_WATCH] = loop.create_task(_fire_at_shutdown(context, armed), name="teeproxy-idle-timers")
+        # In a context of its own: the connection's that arms the first timer holds its transport (and more).
+        context.__dict__[_WATCH] = asyncio.get_running_loop().create_task(
+            _fire_at_shutdown(context, armed), name="teeproxy-idle-timers", context=contextvars.Context()
+        )
     return armed
 
 
