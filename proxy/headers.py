@@ -43,8 +43,10 @@ _REQUEST_DROP = frozenset(
 )
 
 # Never sent to the client: framing is the server's job; content-length is re-added by the caller only when
-# the body passes through unchanged.
-_RESPONSE_DROP = frozenset({b"content-length", b"set-cookie"})
+# the body passes through unchanged. Date and Server are the server's too (hypercorn adds its own to every
+# response): passed on, the client got two of each, and a client that reads Date (botocore, for clock skew) got
+# both in one comma-joined value.
+_RESPONSE_DROP = frozenset({b"content-length", b"set-cookie", b"date", b"server"})
 
 REQUEST_ID = b"x-teeproxy-request-id"
 _REQUEST_ID_RE = re.compile(rb"^[A-Za-z0-9._:\-]{1,128}$")

@@ -14,7 +14,7 @@ import httpx
 import openai
 import pytest
 
-from tests.servers import CLIENT_KEY, UPSTREAM_KEY_ENV, UPSTREAM_SECRET, Script, Stack, start_stack
+from tests.servers import CLIENT_KEY, UPSTREAM_KEY_ENV, UPSTREAM_SECRET, Script, Stack, h11_post, start_stack
 
 SMALL_CHAT_STREAM = (
     b'data: {"id":"c1","object":"chat.completion.chunk","created":1,"model":"gpt-4o-mini","choices":[{"index":0,'
@@ -339,6 +339,21 @@ def test_hop_by_hop_headers_dropped_and_host_rewritten(stack: Stack) -> None:
     assert response.headers["x-upstream-note"] == "kept"
     assert "keep-alive" not in response.headers
     assert "proxy-authenticate" not in response.headers
+
+
+def test_one_date_and_one_server_header(stack: Stack) -> None:
+    """The upstream's Date and Server (a provider sends both) are not passed on beside the proxy's own."""
+    stack.upstream.script = Script(
+        body=SMALL_CHAT_JSON,
+        content_type=b"application/json",
+        content_length=True,
+        headers=[(b"date", b"Mon, 01 Jan 2024 00:00:00 GMT"), (b"server", b"cloudflare")],
+    )
+    body = json.dumps({"model": "gpt-4o", "messages": MESSAGES}).encode()
+    head, _, _ = h11_post(stack.proxy.port, "/v1/chat/completions", body, [("authorization", f"Bearer {CLIENT_KEY}")])
+    names = [name for name, _ in head.headers]
+    assert head.status_code == 200
+    assert (names.count(b"date"), names.count(b"server")) == (1, 1)
 
 
 def test_identity_headers(stack: Stack) -> None:
