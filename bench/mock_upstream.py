@@ -2,9 +2,9 @@
 
 Each request to /v1/chat/completions gets an SSE stream of `n_chunks` chat.completion.chunk frames of about
 `chunk_bytes` bytes each, `delay_ms` apart (the first one too), one HTTP/1.1 chunk per frame, then a usage
-chunk when the request set `stream_options.include_usage`, then `data: [DONE]`. The three knobs are read, first
-match wins, from the query string (`?n_chunks=5`), the JSON body (`"n_chunks": 5`) or any text in it, such as
-the user message (`n_chunks=5`: a proxy that drops unknown fields still forwards the messages); else the
+chunk when the request set `stream_options.include_usage` and `data: [DONE]`, in one write. The three knobs are
+read, first match wins, from the query string (`?n_chunks=5`), the JSON body (`"n_chunks": 5`) or any text in it,
+such as the user message (`n_chunks=5`: a proxy that drops unknown fields still forwards the messages); else the
 command-line defaults apply. Keep-alive is supported.
 
     python -m bench.mock_upstream --port 9001 --chunks 100 --chunk-bytes 200 --delay-ms 0
@@ -113,9 +113,14 @@ class MockUpstream:
                 knobs[name] = int(match.group(1))
         frames = self.frames(knobs["chunk_bytes"])
         delay = knobs["delay_ms"] / 1000
+        # The stream's end: the usage chunk when the request asked for it, then [DONE], written together (an
+        # API sends them back to back), so a metered run reads no more often than an unmetered one.
+        end = frames.done
+        if b'"include_usage":true' in body.replace(b" ", b""):
+            end = frames.usage(knobs["n_chunks"]) + end
         if not delay:
             # A burst: every frame at once, in one write (still one HTTP chunk per frame on the wire).
-            writer.write(_HEAD + frames.burst(knobs["n_chunks"]))
+            writer.write(_HEAD + frames.burst(knobs["n_chunks"]) + end)
         else:
             writer.write(_HEAD)
             for _ in range(knobs["n_chunks"]):
@@ -123,9 +128,7 @@ class MockUpstream:
                 writer.write(frames.content)
                 if writer.transport.get_write_buffer_size() > HIGH_WATER_BYTES:
                     await writer.drain()
-        if b'"include_usage":true' in body.replace(b" ", b""):
-            writer.write(frames.usage(knobs["n_chunks"]))
-        writer.write(frames.done)
+            writer.write(end)
         await writer.drain()
 
 
