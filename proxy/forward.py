@@ -52,6 +52,7 @@ from proxy.usage import Usage
 
 _json_decode = msgspec.json.Decoder().decode
 _json_encode = msgspec.json.Encoder().encode
+_JSON_WHITESPACE = b" \t\n\r"
 
 _DISCONNECT = "http.disconnect"
 # More request headers than any SDK sends (they send 10-20); past it 431, before any other work.
@@ -193,7 +194,7 @@ async def open_with_failover(
         tried[name] = tried.get(name, 0) + 1
         ex.upstream = upstream
         ex.attempts += 1
-        outgoing = prepare_request(state, ex, scope, dict(request), body)
+        outgoing = prepare_request(state, ex, scope, request, body)
         if not ex.sent_upstream:
             ex.sent_upstream = True
             _tell_started(state, ex)
@@ -282,6 +283,21 @@ def _refuse_ambiguous_framing(ex: Exchange, scope: Scope) -> None:
         raise BadRequest("The request has both Content-Length and Transfer-Encoding.")
 
 
+def _rewritten_body(body: bytes, request: dict[str, Any], rewritten: dict[str, Any]) -> bytes:
+    """The body after a dialect's rewrite. When the rewrite only added top-level keys (OpenAI's
+    `stream_options`, when the client sent none), they are spliced in after the opening brace and every byte the
+    client sent is kept as sent: number spellings, escapes, key order, whitespace. Otherwise it is re-encoded."""
+    added = {key: value for key, value in rewritten.items() if key not in request}
+    unchanged = len(rewritten) - len(added) == len(request) and all(rewritten[k] is v for k, v in request.items())
+    start = len(body) - len(body.lstrip(_JSON_WHITESPACE))
+    if not unchanged or body[start : start + 1] != b"{":
+        return _json_encode(rewritten)
+    fields = _json_encode(added)[1:-1]
+    rest = body[start + 1 :]
+    comma = b"," if rest.lstrip(_JSON_WHITESPACE)[:1] != b"}" else b""  # `{}` takes no comma after the fields
+    return body[: start + 1] + fields + comma + rest
+
+
 def _check_model(model: str) -> None:
     if len(model) > MAX_MODEL_CHARS:
         raise BadRequest(f"The model name is longer than {MAX_MODEL_CHARS} characters.")
@@ -313,9 +329,10 @@ def prepare_request(state: ProxyState, ex: Exchange, scope: Scope, request: dict
     forward_headers = h.upstream_request_headers(scope["headers"])
     forward_headers.append((b"accept-encoding", b"identity"))
     ex.inline_usage = (h.get(scope["headers"], b"x-teeproxy-usage") or b"").strip().lower() == b"inline"
-    ex.strip_usage_frame = state.metering and ex.dialect.rewrite_request(ex.route, request, ex.upstream.provider)
+    rewritten = dict(request)  # a copy per attempt: each provider's rewrite starts from the client's request
+    ex.strip_usage_frame = state.metering and ex.dialect.rewrite_request(ex.route, rewritten, ex.upstream.provider)
     if ex.strip_usage_frame:
-        body = _json_encode(request)
+        body = _rewritten_body(body, request, rewritten)
     outgoing = Outgoing("POST", ex.upstream.base_url + ex.route.upstream_path, forward_headers, body)
     ex.dialect.attach_credentials(outgoing, ex.upstream)
     return outgoing

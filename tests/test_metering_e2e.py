@@ -23,6 +23,7 @@ import httpx
 import openai
 import pytest
 
+from proxy.forward import _rewritten_body
 from tests.conftest import load_expected
 from tests.servers import CLIENT_KEY, UPSTREAM_KEY_ENV, UPSTREAM_SECRET, Script, Stack, h11_post, start_stack
 
@@ -411,3 +412,45 @@ def test_sdk_closing_at_done_is_a_completed_stream(stack: Stack, shared_fixtures
     [record] = stack.records()
     assert record.outcome == "completed"
     assert (record.input_tokens, record.output_tokens, record.usage_status) == (14, 30, "reported")
+
+
+@pytest.mark.parametrize(
+    ("sent", "upstream_gets"),
+    [
+        # The client's bytes as sent (number spellings, escapes, key order, spacing), the field spliced in first.
+        (
+            b' {"model": "gpt-4o", "stream": true, "temperature": 1.50, "seed": 12345678901234567890,'
+            b' "messages": [{"role": "user", "content": "caf\\u00e9"}]}',
+            b' {"stream_options":{"include_usage":true},"model": "gpt-4o", "stream": true, "temperature": 1.50,'
+            b' "seed": 12345678901234567890, "messages": [{"role": "user", "content": "caf\\u00e9"}]}',
+        ),
+        # Options of its own: merged, and the body re-encoded.
+        (
+            b'{"model": "gpt-4o", "stream": true, "stream_options": {"x": 1}}',
+            b'{"model":"gpt-4o","stream":true,"stream_options":{"x":1,"include_usage":true}}',
+        ),
+    ],
+)
+def test_the_usage_option_is_added_without_rewriting_the_clients_body(
+    stack: Stack, sent: bytes, upstream_gets: bytes
+) -> None:
+    stack.upstream.script = Script(body=b"data: [DONE]\n\n")
+    response = httpx.post(
+        stack.url + "/v1/chat/completions", content=sent, headers={**AUTH, "content-type": "application/json"}
+    )
+    assert response.status_code == 200
+    assert stack.upstream.requests[0].body == upstream_gets
+
+
+@pytest.mark.parametrize(
+    ("body", "spliced"),
+    [
+        (b"{}", b'{"a":1}'),
+        (b" { \n} ", b' {"a":1 \n} '),
+        (b'\t{"b": 2}', b'\t{"a":1,"b": 2}'),
+    ],
+)
+def test_added_fields_are_spliced_after_the_opening_brace(body: bytes, spliced: bytes) -> None:
+    request = json.loads(body)
+    assert _rewritten_body(body, request, {"a": 1, **request}) == spliced
+    assert json.loads(spliced) == {"a": 1, **request}
