@@ -184,6 +184,13 @@ output_per_mtok = "0.60"
 """
 
 
+async def serve_lifespan(receive: Any, send: Any) -> None:
+    """An ASGI app's lifespan with nothing to start or stop: what the test apps served by hypercorn need."""
+    while (await receive())["type"] != "lifespan.shutdown":
+        await send({"type": "lifespan.startup.complete"})
+    await send({"type": "lifespan.shutdown.complete"})
+
+
 class HypercornServer:
     """An ASGI app under a real hypercorn (HTTP/1.1 + h2c) on 127.0.0.1:<ephemeral>, served from `loop`."""
 

@@ -12,6 +12,7 @@ import pytest
 from hypercorn.protocol.h11 import H11Protocol
 
 from proxy import h11_body_send, http11_trailers
+from tests.servers import serve_lifespan
 from tests.test_http11_trailers import (
     BODY,
     TRAILER_SECTION,
@@ -112,9 +113,7 @@ class HeadFirst:
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
-            while (await receive())["type"] != "lifespan.shutdown":
-                await send({"type": "lifespan.startup.complete"})
-            await send({"type": "lifespan.shutdown.complete"})
+            await serve_lifespan(receive, send)
             return
         await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
         await self.go.wait()

@@ -23,6 +23,7 @@ from hypercorn.asyncio import serve
 from hypercorn.config import Config
 
 from proxy import http11_trailers
+from tests.servers import serve_lifespan
 
 TRAILERS = [(b"x-teeproxy-output-tokens", b"42"), (b"x-teeproxy-usage", b"reported")]
 TRAILER_SECTION = b"0\r\nx-teeproxy-output-tokens: 42\r\nx-teeproxy-usage: reported\r\n\r\n"
@@ -104,9 +105,7 @@ class App:
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
-            while (await receive())["type"] != "lifespan.shutdown":
-                await send({"type": "lifespan.startup.complete"})
-            await send({"type": "lifespan.shutdown.complete"})
+            await serve_lifespan(receive, send)
             return
         path = scope["path"]
         headers = [(b"content-type", b"text/plain"), (b"trailer", b"x-teeproxy-output-tokens, x-teeproxy-usage")]

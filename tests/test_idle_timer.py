@@ -14,7 +14,7 @@ import pytest
 
 from proxy import idle_timer
 from proxy.serving import install_http11_trailers
-from tests.servers import HypercornServer, LoopThread
+from tests.servers import HypercornServer, LoopThread, serve_lifespan
 
 KEEP_ALIVE_S = 0.5
 TIMEOUT_S = 10.0
@@ -24,9 +24,7 @@ SLOW_S = 3 * KEEP_ALIVE_S
 async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     """/ answers "ok"; /slow streams for three keep-alive timeouts."""
     if scope["type"] == "lifespan":
-        while (await receive())["type"] != "lifespan.shutdown":
-            await send({"type": "lifespan.startup.complete"})
-        await send({"type": "lifespan.shutdown.complete"})
+        await serve_lifespan(receive, send)
         return
     await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
     if scope["path"] == "/slow":

@@ -34,6 +34,7 @@ from tests.servers import (
     ReplayUpstream,
     Script,
     Stack,
+    serve_lifespan,
     start_stack,
 )
 
@@ -74,9 +75,7 @@ class Streamer:
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
-            while (await receive())["type"] != "lifespan.shutdown":
-                await send({"type": "lifespan.startup.complete"})
-            await send({"type": "lifespan.shutdown.complete"})
+            await serve_lifespan(receive, send)
             return
         chunk, count = (b"y" * 1024, 50) if scope["path"] == "/small" else (CHUNK, CHUNKS)
         await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
