@@ -40,7 +40,8 @@ _METHOD = re.compile(_TOKEN)
 _TARGET = re.compile(rb"[\x21-\x7e\x80-\xff]+")
 _FIELD_LINES = re.compile(rb"(?:" + _TOKEN + rb": " + _VALUE + rb"\r\n)*")
 _STATUS_LINE = re.compile(rb"HTTP/1\.([01]) ([0-9]{3})(?: " + _VALUE + rb")?")
-_FIELD_LINE = re.compile(rb"(" + _TOKEN + rb"):[ \t]*(" + _VALUE + rb")")
+_FIELD_LINES_READ = re.compile(rb"(?:" + _TOKEN + rb":" + _VALUE + rb"\r\n)*")
+_FRAMING = frozenset((b"content-length", b"transfer-encoding", b"connection"))
 _OWS = b" \t"
 
 
@@ -102,28 +103,34 @@ class ResponseHeadReader:
 
 
 def _parse(block: bytes) -> ResponseHead:
-    lines = block.split(b"\r\n")
-    status_line = _STATUS_LINE.fullmatch(lines[0])
+    eol = block.find(b"\r\n")
+    status_line = _STATUS_LINE.fullmatch(block if eol < 0 else block[:eol])
     if status_line is None:
         raise HeadError("the status line is not valid")
     headers: list[tuple[bytes, bytes]] = []
     lengths: list[bytes] = []
     encodings: list[bytes] = []
     close = False
-    for line in lines[1:]:
-        field = _FIELD_LINE.fullmatch(line)
-        if field is None:
+    if eol >= 0:
+        fields = block[eol + 2 :] + b"\r\n"
+        # One match for every field line at once; no value can hold a CR or LF, so the lines split below are the
+        # lines it matched.
+        if not _FIELD_LINES_READ.fullmatch(fields):
             raise HeadError("a header field line is not valid")
-        name = field[1].lower()
-        value = field[2].rstrip(_OWS)
-        if name == b"content-length":
-            lengths.extend(part.strip(_OWS) for part in value.split(b","))
-            continue
-        if name == b"transfer-encoding":
-            encodings.extend(part.strip(_OWS).lower() for part in value.split(b","))
-        elif name == b"connection":
-            close = close or b"close" in (part.strip(_OWS).lower() for part in value.split(b","))
-        headers.append((name, value))
+        for line in fields[:-2].split(b"\r\n"):
+            name, _, value = line.partition(b":")
+            name = name.lower()
+            value = value.strip(_OWS)
+            if name in _FRAMING:
+                parts = [part.strip(_OWS).lower() for part in value.split(b",")]
+                if name == b"content-length":
+                    lengths += parts
+                    continue
+                if name == b"transfer-encoding":
+                    encodings += parts
+                elif b"close" in parts:
+                    close = True
+            headers.append((name, value))
     if encodings:
         if encodings != [b"chunked"]:
             raise HeadError("a Transfer-Encoding other than chunked")
