@@ -8,6 +8,8 @@ Targets, each its own process tree on 127.0.0.1, all in front of one mock upstre
     teeproxy-2w          `teeproxy serve --workers 2`, metering on
     teeproxy-1w-nometer  `[metering] enabled = false`: the difference to teeproxy-1w is what metering costs
     protocol-relay       bench/protocol_relay.py, a bare asyncio Protocol TCP relay: the Python floor
+    hypercorn-relay      bench/hypercorn_relay.py, raw ASGI on hypercorn with teeproxy's extensions and upstream
+                         client, no gateway work: the floor on teeproxy's own stack
     litellm              LiteLLM's proxy, when `litellm[proxy]` installed into bench/.litellm-venv
     portkey              Portkey's gateway (node), when npm installed it into bench/.portkey
 
@@ -134,6 +136,7 @@ DEFAULT_TARGETS = [
     "teeproxy-2w",
     "teeproxy-1w-nometer",
     "protocol-relay",
+    "hypercorn-relay",
     "litellm",
     "portkey",
 ]
@@ -225,6 +228,8 @@ class Bench:
             return t.litellm(self.workdir, port)
         if name == "protocol-relay":
             return t.protocol_relay(self.workdir, port)
+        if name == "hypercorn-relay":
+            return t.hypercorn_relay(self.workdir, port)
         if name == "portkey":
             return t.portkey(self.workdir, port)
         raise ValueError(f"unknown target {name!r}")

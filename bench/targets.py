@@ -302,6 +302,23 @@ def protocol_relay(workdir: pathlib.Path, upstream_port: int) -> Target:
     return Target("protocol-relay", launch, log=workdir / "protocol-relay.log")
 
 
+def hypercorn_relay(workdir: pathlib.Path, upstream_port: int) -> Target:
+    """The floor on teeproxy's own stack (bench/hypercorn_relay.py): raw ASGI on hypercorn, no gateway work."""
+
+    def launch(target: Target) -> list[str]:
+        return [
+            sys.executable,
+            "-m",
+            "bench.hypercorn_relay",
+            "--port",
+            str(target.port),
+            "--upstream-port",
+            str(upstream_port),
+        ]
+
+    return Target("hypercorn-relay", launch, log=workdir / "hypercorn-relay.log")
+
+
 def portkey(workdir: pathlib.Path, upstream_port: int) -> Target:
     """Portkey's gateway (npm `@portkey-ai/gateway`, installed into bench/.portkey by bench/install-portkey.sh).
 
