@@ -17,10 +17,8 @@ is tried when is `proxy.failover`.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import re
 import time
-from collections.abc import AsyncIterator
 from decimal import Decimal
 from typing import Any
 
@@ -92,8 +90,12 @@ async def handle(state: ProxyState, scope: Scope, receive: Receive, send: Send) 
             await _send_json(ex, send, 200, state.models_body(ex.dialect))
             return
         _refuse_ambiguous_framing(ex, scope)
-        async with _deadline(state.config.server.body_timeout_s):
-            body = await read_body(receive, scope, state.config.server.max_body_bytes)
+        body_timeout_s = state.config.server.body_timeout_s
+        try:
+            async with asyncio.timeout(body_timeout_s):
+                body = await read_body(receive, scope, state.config.server.max_body_bytes)
+        except TimeoutError:
+            raise RequestTimeout(f"The request body did not arrive within {body_timeout_s:g} s.") from None
         request = parse_request(body, route)
         model = route.model or request["model"]
         _check_model(model)  # before it is echoed in a header or routed
@@ -263,15 +265,6 @@ async def read_body(receive: Receive, scope: Scope, limit: int) -> bytes:
         parts.append(chunk)
         if not message.get("more_body", False):
             return b"".join(parts)
-
-
-@contextlib.asynccontextmanager
-async def _deadline(seconds: float) -> AsyncIterator[None]:
-    try:
-        async with asyncio.timeout(seconds):
-            yield
-    except TimeoutError:
-        raise RequestTimeout(f"The request body did not arrive within {seconds:g} s.") from None
 
 
 def _refuse_ambiguous_framing(ex: Exchange, scope: Scope) -> None:

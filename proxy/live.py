@@ -17,10 +17,12 @@ app for itself), in which each worker appends its events to `<pid>.jsonl`, and a
 every file there, polling every `POLL_INTERVAL_S`. Why files rather than datagrams between workers or a
 broker: it needs no other service and no worker has to know its peers; the recent past is kept for free, so
 the page opens with the last hour's requests and spend instead of a blank chart; a subscriber that stalls
-costs the publishers nothing (a socket fan-out would have to buffer for it or drop); and publishing is two
-`write()`s per request (when it starts, when it ends; about a kilobyte) into the page cache, some 10 µs, with
-no subscriber bookkeeping on the hot path. Each file is bounded: past `MAX_FILE_BYTES` it is renamed to
-`<pid>.jsonl.1` (replacing the previous one) and a fresh one started, so a worker keeps at most twice that, and
+costs the publishers nothing (a socket fan-out would have to buffer for it or drop); and publishing is an
+append to a buffer per event, written to the page cache at most `FLUSH_AFTER_S` later (subscribers poll every
+`POLL_INTERVAL_S`, so no one sees the wait), in one `write()` for every request in that time: under load one
+system call serves hundreds of requests instead of two each. No subscriber bookkeeping on the hot path. Each
+file is bounded: past `MAX_FILE_BYTES` it is renamed to `<pid>.jsonl.1` (replacing the previous one) and a
+fresh one started, so a worker keeps at most twice that, and
 the history a new subscriber sees is the last hour or the last few thousand requests per worker, whichever is
 shorter. A tail that slept through two rotations of one file would miss the middle one: at one poll per
 `POLL_INTERVAL_S` that takes some 8,000 requests per second from a single worker. The live view is a view: the
@@ -51,6 +53,9 @@ LIVE_DIR_ENV = "TEEPROXY_LIVE_DIR"
 # Per worker file, before it rotates: ~1.2 KiB per request, so about 1,700 requests in each of two files.
 MAX_FILE_BYTES = 2 * 1024 * 1024
 POLL_INTERVAL_S = 0.2
+# A publisher's lines wait at most this long in its buffer (or until it holds FLUSH_BYTES), then one write().
+FLUSH_AFTER_S = 0.05
+FLUSH_BYTES = 64 * 1024
 HISTORY_S = 3600.0
 # An SSE comment this often while nothing happens, so idle connections stay open through other proxies.
 KEEPALIVE_S = 15.0
@@ -71,6 +76,9 @@ class LivePublisher:
         self._fd = self._open()
         self._size = os.fstat(self._fd).st_size
         self._failed = False
+        self._pending: list[bytes] = []
+        self._pending_bytes = 0
+        self._flush_handle: asyncio.TimerHandle | None = None
 
     def _open(self) -> int:
         return os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
@@ -127,6 +135,30 @@ class LivePublisher:
 
     def _write(self, data: bytes) -> None:
         try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no event loop (a script, a test): straight to the file
+            self._append(data)
+            return
+        self._pending.append(data)
+        self._pending_bytes += len(data)
+        if self._pending_bytes >= FLUSH_BYTES:
+            self.flush()
+        elif self._flush_handle is None:
+            self._flush_handle = loop.call_later(FLUSH_AFTER_S, self.flush)
+
+    def flush(self) -> None:
+        """The buffered lines to the file, now."""
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        if self._pending:
+            data = b"".join(self._pending)
+            self._pending = []
+            self._pending_bytes = 0
+            self._append(data)
+
+    def _append(self, data: bytes) -> None:
+        try:
             if self._size and self._size + len(data) > self.max_file_bytes:
                 self._rotate()
             os.write(self._fd, data)
@@ -143,6 +175,7 @@ class LivePublisher:
         self._size = 0
 
     def close(self) -> None:
+        self.flush()
         with contextlib.suppress(OSError):
             os.close(self._fd)
 

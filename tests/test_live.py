@@ -4,6 +4,7 @@ the ledger."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import json
@@ -23,7 +24,7 @@ import httpx
 import pytest
 
 from proxy.ledger import SQLiteBackend
-from proxy.live import LivePublisher, LiveTail
+from proxy.live import FLUSH_AFTER_S, POLL_INTERVAL_S, LivePublisher, LiveTail
 from proxy.observe import Finished, Started
 from tests.servers import CLIENT_KEY, UPSTREAM_KEY_ENV, UPSTREAM_SECRET, Script, Stack, start_stack
 from tests.test_metrics import (
@@ -108,6 +109,26 @@ def test_files_are_bounded_and_the_tail_follows_rotation(tmp_path: pathlib.Path)
     assert recent and all(data["t"] >= cut for _, data in recent)
     tail.close()
     publisher.close()
+
+
+def test_in_the_event_loop_lines_are_written_together_soon_after(tmp_path: pathlib.Path) -> None:
+    """A worker's lines wait in its buffer at most FLUSH_AFTER_S (a subscriber polls every POLL_INTERVAL_S),
+    then go out in one write; closing the publisher writes what is left."""
+    path = tmp_path / f"{os.getpid()}.jsonl"
+
+    async def main() -> None:
+        publisher = LivePublisher(str(tmp_path))
+        for i in range(20):
+            publish(publisher, f"r{i}")
+        assert path.stat().st_size == 0  # buffered, not yet written
+        await asyncio.sleep(FLUSH_AFTER_S * 4)
+        assert path.read_bytes().count(b"\n") == 60
+        publish(publisher, "last")
+        publisher.close()
+        assert path.read_bytes().count(b"\n") == 63
+
+    asyncio.run(main())
+    assert FLUSH_AFTER_S < POLL_INTERVAL_S
 
 
 def test_tail_sees_workers_that_start_later(tmp_path: pathlib.Path) -> None:
