@@ -90,7 +90,11 @@ def install() -> None:
             """What `_idle_timeout` does once its wait is over: close the connection from the server's side."""
             self._disarm()
             server, task_group, self._server, self._task_group = self._server, self._task_group, None, None
-            task_group._task_group.create_task(server._initiate_server_close())
+            close = server._initiate_server_close()
+            try:
+                task_group._task_group.create_task(close)
+            except RuntimeError:  # the connection's task group has ended: it is closing already
+                close.close()
 
     setattr(IdleTimer, _MARK, True)
     module.AsyncioSingleTask = IdleTimer
