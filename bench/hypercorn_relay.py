@@ -14,15 +14,14 @@ the live view, trailers. Whatever teeproxy spends above this row is that work; w
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import contextlib
 import signal
 from typing import Any
 
 from hypercorn.asyncio import serve as hypercorn_serve
 from hypercorn.config import Config as HypercornConfig
 
+from bench.protocol_relay import run_relay
 from proxy.config import ProviderConfig
 from proxy.providers.base import Outgoing
 from proxy.serving import install_http11_trailers
@@ -78,12 +77,7 @@ async def serve(port: int, upstream_port: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--upstream-port", type=int, required=True)
-    args = parser.parse_args(argv)
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve(args.port, args.upstream_port))
+    run_relay(serve, __doc__, argv)
 
 
 if __name__ == "__main__":

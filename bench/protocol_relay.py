@@ -22,6 +22,8 @@ import argparse
 import asyncio
 import contextlib
 import signal
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 
 class Side(asyncio.Protocol):
@@ -107,13 +109,20 @@ async def serve(port: int, upstream_port: int) -> None:
         await stop.wait()
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def run_relay(
+    serve: Callable[[int, int], Coroutine[Any, Any, None]], description: str | None, argv: list[str] | None
+) -> None:
+    """A relay target's command line (`--port`, `--upstream-port`), shared with bench.hypercorn_relay."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--upstream-port", type=int, required=True)
     args = parser.parse_args(argv)
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve(args.port, args.upstream_port))
+
+
+def main(argv: list[str] | None = None) -> None:
+    run_relay(serve, __doc__, argv)
 
 
 if __name__ == "__main__":

@@ -14,19 +14,18 @@ reconnects), then every new one as it is written.
 
 Mechanism: a directory per server run (`$TEEPROXY_LIVE_DIR`, made by `proxy.serving` for N workers, or by the
 app for itself), in which each worker appends its events to `<pid>.jsonl`, and a subscriber's stream tails
-every file there, polling every `POLL_INTERVAL_S`. Why files rather than datagrams between workers or a
-broker: it needs no other service and no worker has to know its peers; the recent past is kept for free, so
-the page opens with the last hour's requests and spend instead of a blank chart; a subscriber that stalls
-costs the publishers nothing (a socket fan-out would have to buffer for it or drop); and publishing is an
-append to a buffer per event, written to the page cache at most `FLUSH_AFTER_S` later (subscribers poll every
+every file there, polling every `POLL_INTERVAL_S`. Why files rather than datagrams between workers or a broker:
+it needs no other service and no worker has to know its peers; the recent past is kept for free, so the page
+opens with the last hour's requests and spend instead of a blank chart; a subscriber that stalls costs the
+publishers nothing (a socket fan-out would have to buffer for it or drop); and publishing is an append to a
+buffer per event, written to the page cache at most `FLUSH_AFTER_S` later (subscribers poll every
 `POLL_INTERVAL_S`, so no one sees the wait), in one `write()` for every request in that time: under load one
-system call serves hundreds of requests instead of two each. No subscriber bookkeeping on the hot path. Each
-file is bounded: past `MAX_FILE_BYTES` it is renamed to `<pid>.jsonl.1` (replacing the previous one) and a
-fresh one started, so a worker keeps at most twice that, and
-the history a new subscriber sees is the last hour or the last few thousand requests per worker, whichever is
-shorter. A tail that slept through two rotations of one file would miss the middle one: at one poll per
-`POLL_INTERVAL_S` that takes some 8,000 requests per second from a single worker. The live view is a view: the
-ledger is the record.
+system call serves hundreds of requests instead of two each. No subscriber bookkeeping on the hot path. Each file
+is bounded: past `MAX_FILE_BYTES` it is renamed to `<pid>.jsonl.1` (replacing the previous one) and a fresh one
+started, so a worker keeps at most twice that, and the history a new subscriber sees is the last hour or the last
+few thousand requests per worker, whichever is shorter. A tail that slept through two rotations of one file would
+miss the middle one: at one poll per `POLL_INTERVAL_S` that takes some 8,000 requests per second from a single
+worker. The live view is a view: the ledger is the record.
 
 A line on file is `<t> <event type> <json>\\n`: the tailer passes the JSON through as the SSE `data:` without
 decoding it, and reads only `t` to filter the history.

@@ -38,9 +38,8 @@ _TOKEN = rb"[-!#$%&'*+.^_`|~0-9A-Za-z]+"
 _VALUE = rb"[^\x00-\x08\x0a-\x1f\x7f]*"  # field-vchar, obs-text, SP and HTAB
 _METHOD = re.compile(_TOKEN)
 _TARGET = re.compile(rb"[\x21-\x7e\x80-\xff]+")
-_FIELD_LINES = re.compile(rb"(?:" + _TOKEN + rb": " + _VALUE + rb"\r\n)*")
+_FIELD_LINES = re.compile(rb"(?:" + _TOKEN + rb":" + _VALUE + rb"\r\n)*")  # the value's OWS included
 _STATUS_LINE = re.compile(rb"HTTP/1\.([01]) ([0-9]{3})(?: " + _VALUE + rb")?")
-_FIELD_LINES_READ = re.compile(rb"(?:" + _TOKEN + rb":" + _VALUE + rb"\r\n)*")
 _FRAMING = frozenset((b"content-length", b"transfer-encoding", b"connection"))
 _OWS = b" \t"
 
@@ -115,7 +114,7 @@ def _parse(block: bytes) -> ResponseHead:
         fields = block[eol + 2 :] + b"\r\n"
         # One match for every field line at once; no value can hold a CR or LF, so the lines split below are the
         # lines it matched.
-        if not _FIELD_LINES_READ.fullmatch(fields):
+        if not _FIELD_LINES.fullmatch(fields):
             raise HeadError("a header field line is not valid")
         for line in fields[:-2].split(b"\r\n"):
             name, _, value = line.partition(b":")
