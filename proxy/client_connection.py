@@ -10,6 +10,31 @@ open (`bytes_to_client`). None when the app runs under another server.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from contextvars import ContextVar
+from typing import Protocol
+
+from proxy.asgi_types import Send
 
 CLIENT_TRANSPORT: ContextVar[asyncio.BaseTransport | None] = ContextVar("teeproxy_client_transport", default=None)
+
+
+class DirectBodyWriter(Protocol):
+    """A response's middle body chunks written to the client's socket without a coroutine: `ready()` says
+    whether the next one may go this way now (the server would write it as is, and the socket's buffer is
+    empty: no backpressure to wait for); then `write(body)` writes it. When not ready, the ASGI `send()` path
+    is the one to take, and it waits for the socket as usual."""
+
+    def ready(self) -> bool: ...
+
+    def write(self, body: bytes) -> None: ...
+
+
+def _none(send: Send) -> DirectBodyWriter | None:
+    return None
+
+
+# The direct writer for a response whose `http.response.start` has been sent, given the ASGI `send` it was
+# sent with; None where there is none (HTTP/2, another server, a wrapped `send`). `proxy.h11_body_send` sets it
+# when it is installed.
+direct_body_writer: Callable[[Send], DirectBodyWriter | None] = _none

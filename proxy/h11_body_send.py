@@ -25,6 +25,8 @@ from __future__ import annotations
 import importlib.metadata
 from typing import Any
 
+from proxy import client_connection
+
 SUPPORTED_PREFIX = "0.18."
 H11_PREFIX = "0.16."
 _MARK = "__teeproxy_h11_body_send__"
@@ -100,5 +102,44 @@ def install() -> None:
                     return
         await original(self, message)
 
+    class DirectWriter:
+        """`proxy.client_connection.DirectBodyWriter` on the short path's conditions, with an empty socket
+        buffer besides: what `app_send` would write without waiting, written without a coroutine."""
+
+        __slots__ = ("_stream", "_connection", "_lock", "_transport")
+
+        def __init__(self, stream: Any, connection: Any, lock: Any, transport: Any) -> None:
+            self._stream = stream
+            self._connection = connection
+            self._lock = lock
+            self._transport = transport
+
+        def ready(self) -> bool:
+            transport = self._transport
+            return (
+                self._stream.state is response_state
+                and self._connection.our_state is send_body
+                and not self._lock.locked()
+                and not transport.is_closing()
+                and not transport.get_write_buffer_size()
+            )
+
+        def write(self, body: bytes) -> None:
+            if body:
+                self._transport.write(b"%x\r\n%b\r\n" % (len(body), body))
+
+    def direct_writer(send: Any) -> DirectWriter | None:
+        stream = getattr(send, "__self__", None)
+        if not isinstance(stream, stream_cls) or getattr(send, "__func__", None) is not app_send:
+            return None
+        path = stream.__dict__.get(_PATH)
+        if path is None:
+            path = stream.__dict__[_PATH] = body_path(stream)
+        if not path:
+            return None
+        connection, lock, _, transport, _ = path
+        return DirectWriter(stream, connection, lock, transport)
+
     stream_cls.app_send = app_send
     setattr(stream_cls, _MARK, True)
+    client_connection.direct_body_writer = direct_writer

@@ -14,6 +14,7 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable
 
+from proxy import client_connection
 from proxy import headers as h
 from proxy.asgi_types import Send
 from proxy.client_connection import CLIENT_TRANSPORT
@@ -86,13 +87,17 @@ async def relay(
     if keepalive is not None:
         keepalive.add(sink)
 
+    tee = Tee(scrubber, frame_filter, meter)
+    if sink.direct is not None:
+        response.tee_into(tee.direct(sink))
     failure: UpstreamError | None = None
     try:
-        await _pump(response.read, emit, scrubber, frame_filter, meter)
+        await tee.pump(response.read, emit)
     except UpstreamError as exc:
         failure = exc
         ex.outcome = "timeout" if isinstance(exc, UpstreamTimeout) else "upstream_error"
     finally:
+        response.tee_into(None)
         if keepalive is not None:
             keepalive.discard(sink)
     if scrubber is not None:
@@ -125,48 +130,104 @@ async def relay(
     ex.done = True
 
 
-async def _pump(
-    read: Callable[[], Awaitable[bytes]],
-    emit: Callable[[bytes], Awaitable[None]],
-    scrubber: SecretScrubber | None,
-    frame_filter: FrameFilter | None,
-    meter: Meter | None,
-) -> None:
-    if scrubber is not None:
+class Tee:
+    """One upstream read's way to the client and the meter: the scrubber's or the frame filter's output, or
+    the read itself, goes to the client first; then the meter reads the upstream's bytes (the frame filter
+    meters what it reads itself).
+
+    `pump` does it from the relay's task, a read at a time. `direct` does it in the upstream connection's
+    read callback instead, for each read that arrives while the client's socket takes bytes without waiting
+    (see `proxy.client_connection.DirectBodyWriter`): no task wakes for a read then, which on paced streams
+    was most of a chunk's cost in Python. Both keep the order of the bytes: the callback takes a read only
+    while `pump` waits with nothing queued."""
+
+    __slots__ = ("_transform", "_meter_feed")
+
+    def __init__(self, scrubber: SecretScrubber | None, frame_filter: FrameFilter | None, meter: Meter | None) -> None:
+        self._transform: Callable[[bytes], bytes] | None = None
+        self._meter_feed: Callable[[bytes], None] | None = None
+        if frame_filter is not None and scrubber is None:
+            self._transform = frame_filter.feed
+        else:
+            self._transform = scrubber.feed if scrubber is not None else None
+            self._meter_feed = meter.feed if meter is not None else None
+
+    async def pump(self, read: Callable[[], Awaitable[bytes]], emit: Callable[[bytes], Awaitable[None]]) -> None:
+        transform, meter_feed = self._transform, self._meter_feed
         while chunk := await read():
-            out = scrubber.feed(chunk)
+            out = transform(chunk) if transform is not None else chunk
             if out:
-                await emit(out)
-            if meter is not None:
-                meter.feed(chunk)
-    elif frame_filter is None:
-        while chunk := await read():
-            await emit(chunk)  # the tee: forward first ...
-            if meter is not None:
-                meter.feed(chunk)  # ... then let the sidecar read it
-    else:
-        while chunk := await read():
-            out = frame_filter.feed(chunk)
+                await emit(out)  # the tee: forward first ...
+            if meter_feed is not None:
+                meter_feed(chunk)  # ... then let the sidecar read it
+
+    def direct(self, sink: ClientStream) -> Callable[[bytes], bool]:
+        transform, meter_feed = self._transform, self._meter_feed
+        ready, write = sink.ready, sink.write_now
+
+        def take(chunk: bytes) -> bool:
+            if not ready():
+                return False
+            out = transform(chunk) if transform is not None else chunk
             if out:
-                await emit(out)
+                write(out)
+            if meter_feed is not None:
+                meter_feed(chunk)
+            return True
+
+        return take
 
 
 class ClientStream:
     """The client's side of the relay: body writes, their timings, and keep-alives between frames."""
 
-    __slots__ = ("_ex", "_send", "_transport", "at_boundary", "keepalive", "last", "last_write_at", "_writing")
+    __slots__ = (
+        "_ex",
+        "_send",
+        "_transport",
+        "at_boundary",
+        "direct",
+        "keepalive",
+        "last",
+        "last_write_at",
+        "_writing",
+    )
 
     def __init__(self, ex: Exchange, send: Send, keepalive: bytes | None) -> None:
         self._ex = ex
         self._send = send
         self._transport = CLIENT_TRANSPORT.get()
+        self.direct = client_connection.direct_body_writer(send)
         self.keepalive = keepalive
         self.at_boundary = True  # the client holds whole frames only
         self.last = b""  # the last body piece written (a dialect's in-stream error may depend on it)
         self.last_write_at = time.perf_counter()
         self._writing = False
 
+    def ready(self) -> bool:
+        """Whether `write_now` may write now (only with a direct writer)."""
+        return self.direct is not None and self.direct.ready()
+
+    def write_now(self, data: bytes) -> None:
+        """`write` without a coroutine, when `ready()`."""
+        assert self.direct is not None
+        self._stamp(data)
+        self.direct.write(data)
+        self._ex.bytes_to_client += len(data)
+
     async def write(self, data: bytes) -> None:
+        self._stamp(data)
+        ex = self._ex
+        self._writing = True
+        taken = self._open()
+        try:
+            await self._send({"type": "http.response.body", "body": data, "more_body": True})
+        finally:
+            self._writing = False
+        if taken:
+            ex.bytes_to_client += len(data)
+
+    def _stamp(self, data: bytes) -> None:
         ex = self._ex
         now = time.perf_counter()
         if ex.first_byte_at is None:
@@ -178,14 +239,6 @@ class ClientStream:
         ex.last_byte_at = self.last_write_at = now
         self.at_boundary = data.endswith(FRAME_ENDS)
         self.last = data
-        self._writing = True
-        taken = self._open()
-        try:
-            await self._send({"type": "http.response.body", "body": data, "more_body": True})
-        finally:
-            self._writing = False
-        if taken:
-            ex.bytes_to_client += len(data)
 
     def _open(self) -> bool:
         """Whether the client's connection still takes bytes (a write to a closing one is dropped)."""

@@ -12,6 +12,7 @@ signature covers is what goes on the wire. Its result is cached per URL.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import httpx
@@ -88,9 +89,17 @@ class UpstreamResponse:
                 return value.decode("latin-1")
         return None
 
+    def tee_into(self, consumer: Callable[[bytes], bool] | None) -> None:
+        """Let `consumer` take body chunks as they are read, in the connection's callback, while `read()` waits
+        with nothing queued; it returns False for a chunk it cannot take now, which `read()` then returns. What
+        it raises, `read()` raises. None stops it."""
+        if self._connection is not None:
+            self._connection.consumer = consumer
+
     def close(self) -> None:
         connection, self._connection = self._connection, None
         if connection is not None:
+            connection.consumer = None
             self._pool.release(connection)
 
 

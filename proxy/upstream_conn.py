@@ -7,6 +7,9 @@ This is the relay's upstream hot path, kept as short as the event loop allows:
   bytes it completed in one piece, so a read holding a hundred SSE frames is one chunk for the relay, one
   ASGI message and one `send()` to the client. When the relay is slower than the upstream, `read` hands over
   everything queued as one chunk.
+* **No task wake per read, where the client keeps up.** A `consumer` (the relay's `Tee.direct`) may take each
+  read in `data_received` itself while the reader waits with nothing queued; a read it declines (the client's
+  socket is not taking bytes without waiting) is queued for `read`, and later reads queue behind it.
 * **Bounded buffering.** Past `HIGH_WATER` bytes queued, the transport stops reading; the upstream then waits
   on TCP flow control until the relay takes the bytes. At most `HIGH_WATER` plus one socket read (asyncio
   reads up to 256 KiB) is held per stream.
@@ -51,6 +54,9 @@ class UpstreamConnection(asyncio.Protocol):
         self.idle_since = 0.0
         self.reused = False  # served a request before this one
         self.on_lost: Callable[[UpstreamConnection], None] | None = None  # the pool's, to forget it
+        # Takes body chunks as they are read, while the reader waits (see `_consumed`); None: all go to `read`.
+        self.consumer: Callable[[bytes], bool] | None = None
+        self._consumer_error: BaseException | None = None
         self._loop = loop
         self._transport: asyncio.Transport | None = None
         self._head_reader: ResponseHeadReader | None = None
@@ -156,7 +162,9 @@ class UpstreamConnection(asyncio.Protocol):
             self._fail(UpstreamProtocolError("the upstream provider broke the HTTP body framing"))
             self.close()
             return
-        if chunk:
+        queued = False
+        if chunk and not self._consumed(chunk):
+            queued = True
             self._chunks.append(chunk)
             self._buffered += len(chunk)
             if self._buffered > HIGH_WATER and not self._reading_paused and self._transport is not None:
@@ -164,7 +172,22 @@ class UpstreamConnection(asyncio.Protocol):
                 self._transport.pause_reading()
         if self._body.done:
             self._eof = True
-        self._wake()
+        if queued or self._eof or self._consumer_error is not None:
+            self._wake()
+
+    def _consumed(self, chunk: bytes) -> bool:
+        """Whether the consumer took the chunk here, without waking the reader: only while the reader waits
+        with nothing queued (so bytes stay in order), and only if the consumer says it could."""
+        consumer = self.consumer
+        waiter = self._waiter
+        if consumer is None or waiter is None or waiter.done() or self._chunks:
+            return False
+        try:
+            return consumer(chunk)
+        except BaseException as exc:  # the reader raises it, as if it had failed there itself
+            self.consumer = None
+            self._consumer_error = exc
+            return True
 
     def _wake(self) -> None:
         waiter = self._waiter
@@ -217,8 +240,11 @@ class UpstreamConnection(asyncio.Protocol):
             raise self._error
 
     async def read(self) -> bytes:
-        """The next part of the body: everything that arrived since the last call, b"" at its end."""
+        """The next part of the body: everything that arrived since the last call (and the consumer did not
+        take), b"" at its end."""
         while True:
+            if self._consumer_error is not None:
+                self._raise_failure()
             chunks = self._chunks
             if chunks:
                 chunk = chunks.popleft() if len(chunks) == 1 else b"".join(chunks)
@@ -252,6 +278,9 @@ class UpstreamConnection(asyncio.Protocol):
             self._raise_failure()
 
     def _raise_failure(self) -> None:
+        if self._consumer_error is not None:
+            error, self._consumer_error = self._consumer_error, None
+            raise error
         if self._error is not None:
             raise self._error
 
@@ -281,6 +310,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._in_use = False
         self._eof = False
         self.reused = True
+        self.consumer = None
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 import h2.config
 import h2.connection
 import h2.events
+import h11
 import pytest
 
 from tests.servers import CLIENT_KEY, UPSTREAM_KEY_ENV, UPSTREAM_SECRET, Script, Stack, start_stack
@@ -58,6 +59,55 @@ def test_http11_reader_that_stalls_holds_the_upstream_back(stack: Stack) -> None
         assert first < BOUND and second - first < 1024 * 1024  # it stopped, and stays stopped
     [record] = stack.records()
     assert record.outcome == "client_disconnected"
+
+
+NUMBERED = b"".join(
+    b'data: {"choices":[{"index":0,"delta":{"content":"%06d%s"}}]}\n\n' % (i, b"y" * 900) for i in range(8 * 1024)
+)  # ~8 MiB of frames that each say where they belong
+
+
+def test_http11_reader_that_stalls_then_reads_on_gets_every_byte_in_order(stack: Stack) -> None:
+    """Reads go to the client straight from the upstream's callback while its socket takes them, through the
+    relay's task while the client is slow: a stall in the middle of a stream, and the switch back and forth,
+    lose, repeat or reorder no byte, and every byte is counted."""
+    stack.upstream.script = Script(body=NUMBERED, chunk_sizes=[16 * 1024, 3000, 777])
+    conn = h11.Connection(h11.CLIENT)
+    body = bytearray()
+    with socket.create_connection(("127.0.0.1", stack.proxy.port), timeout=10) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+        sock.sendall(
+            conn.send(
+                h11.Request(
+                    method="POST",
+                    target="/v1/chat/completions",
+                    headers=[
+                        ("host", "x"),
+                        ("authorization", f"Bearer {CLIENT_KEY}"),
+                        ("content-type", "application/json"),
+                        ("content-length", str(len(REQUEST))),
+                    ],
+                )
+            )
+            + conn.send(h11.Data(data=REQUEST))
+            + conn.send(h11.EndOfMessage())
+        )
+        stalled = False
+        while True:
+            event = conn.next_event()
+            if event is h11.NEED_DATA:
+                if not stalled and len(body) > 1024 * 1024:
+                    time.sleep(1.0)  # the client's socket fills up; the relay waits for it
+                    stalled = True
+                conn.receive_data(sock.recv(65536))
+            elif isinstance(event, h11.Response):
+                assert event.status_code == 200
+            elif isinstance(event, h11.Data):
+                body += event.data
+            elif isinstance(event, h11.EndOfMessage):
+                break
+    assert stalled and bytes(body) == NUMBERED
+    [record] = stack.records()
+    assert record.outcome == "completed" and record.bytes_to_client == len(NUMBERED)
 
 
 def h2_request(port: int, window: int) -> tuple[socket.socket, h2.connection.H2Connection, int]:

@@ -11,7 +11,7 @@ import h11
 import pytest
 from hypercorn.protocol.h11 import H11Protocol
 
-from proxy import h11_body_send, http11_trailers
+from proxy import client_connection, h11_body_send, http11_trailers
 from tests.servers import serve_lifespan
 from tests.test_http11_trailers import (
     BODY,
@@ -140,3 +140,68 @@ def test_a_head_whose_first_chunk_is_late_goes_out_at_once() -> None:
     finally:
         srv.stop()
     assert srv.problems() == []
+
+
+class Direct:
+    """Writes its chunks with the direct writer where there is one (the relay's paced path), with `send()` where
+    there is none or it is not ready; `ways` says which it took."""
+
+    def __init__(self) -> None:
+        self.ways: list[str] = []
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            await serve_lifespan(receive, send)
+            return
+        headers = [(b"content-type", b"text/plain")]
+        if scope["path"] == "/content-length":
+            headers.append((b"content-length", b"13"))
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        writer = client_connection.direct_body_writer(send)
+        for part in (b"one ", b"two ", b"three"):
+            if writer is not None and writer.ready():
+                writer.write(part)
+                self.ways.append("direct")
+            else:
+                await send({"type": "http.response.body", "body": part, "more_body": True})
+                self.ways.append("send")
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+@pytest.fixture
+def direct_server() -> Iterator[tuple[Hypercorn, Direct]]:
+    http11_trailers.install()
+    h11_body_send.install()
+    app = Direct()
+    srv = Hypercorn(app)
+    yield srv, app
+    srv.stop()
+    assert srv.problems() == []
+
+
+def test_the_direct_writer_frames_chunks_as_h11_does(
+    direct_server: tuple[Hypercorn, Direct], h11_events: list[str]
+) -> None:
+    """The relay's callback path: chunks written without a coroutine are on the wire exactly as h11 frames them,
+    and the connection carries on to its next response."""
+    server, app = direct_server
+    with H11Client(server.port) as client:
+        for _ in range(2):
+            client.request("/", [])
+            head, chunks, _ = client.response()
+            assert head.status_code == 200 and b"".join(chunks) == BODY
+            assert client.raw.endswith(b"\r\n\r\n4\r\none \r\n4\r\ntwo \r\n5\r\nthree\r\n0\r\n\r\n")
+    assert app.ways == ["direct"] * 6
+    assert h11_events == ["Response", "EndOfMessage"] * 2
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [b"GET / HTTP/1.0\r\n\r\n", b"GET /content-length HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"],
+)
+def test_there_is_no_direct_writer_where_hypercorn_must_frame(
+    direct_server: tuple[Hypercorn, Direct], request_bytes: bytes
+) -> None:
+    server, app = direct_server
+    assert raw_exchange(server.port, request_bytes).endswith(b"\r\n\r\none two three")
+    assert app.ways == ["send"] * 3

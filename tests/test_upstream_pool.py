@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 
@@ -19,7 +20,7 @@ from proxy.demo import H11Server, Reply, Request
 from proxy.errors import UpstreamConnectError, UpstreamTimeout
 from proxy.providers.base import Outgoing
 from proxy.upstream import UpstreamClient, open_stream
-from proxy.upstream_conn import HIGH_WATER
+from proxy.upstream_conn import HIGH_WATER, UpstreamConnection
 from proxy.upstream_pool import UpstreamPool, default_ssl_context
 
 
@@ -332,6 +333,104 @@ def test_one_read_of_many_chunks_is_one_piece_of_body() -> None:
             return pieces
 
     assert asyncio.run(main()) == [b"".join(frames)]
+
+
+def chunked_server_of(parts: list[bytes]) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]:
+    """A provider that sends each part as an HTTP chunk of its own, 50 ms apart (a socket read each)."""
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"{}")
+        writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+        for part in parts:
+            await asyncio.sleep(0.05)
+            writer.write(b"%x\r\n%s\r\n" % (len(part), part))
+            await writer.drain()
+        writer.write(b"0\r\n\r\n")
+        await reader.read()
+
+    return serve
+
+
+def test_a_consumer_takes_reads_while_the_reader_waits_and_what_it_declines_reaches_read_in_order() -> None:
+    """The relay's callback path: while `read()` waits, each read goes to the consumer; one it cannot take now
+    is what `read()` returns, and nothing overtakes it."""
+    parts = [b"a", b"b", b"c", b"d"]
+    seen: list[tuple[str, bytes]] = []
+
+    def consumer(chunk: bytes) -> bool:
+        if chunk == b"c":
+            return False
+        seen.append(("consumer", chunk))
+        return True
+
+    async def main() -> None:
+        async with raw_server(chunked_server_of(parts)) as url, client_over(make_pool()) as client:
+            response = await open_stream(client, Outgoing("POST", url, [], b"{}"), PROVIDER)
+            response.tee_into(consumer)
+            while chunk := await response.read():
+                seen.append(("read", chunk))
+            response.close()
+
+    asyncio.run(main())
+    assert seen == [("consumer", b"a"), ("consumer", b"b"), ("read", b"c"), ("consumer", b"d")]
+
+
+def test_a_read_the_consumer_declined_is_not_overtaken_by_the_next() -> None:
+    """Two reads arrive before the relay's task runs: the first declined (queued, the task woken), the second
+    must queue behind it, not go to the consumer ahead of it. (The reads are handed to the connection by hand,
+    on a real socket pair, so that both land in one turn of the loop.)"""
+
+    async def main() -> tuple[bytes, list[bytes]]:
+        loop = asyncio.get_running_loop()
+        ours, theirs = socket.socketpair()
+        connection = UpstreamConnection(loop, ("http", "127.0.0.1", 80))
+        await loop.connect_accepted_socket(lambda: connection, ours)
+        taken: list[bytes] = []
+        declining = True
+
+        def consumer(chunk: bytes) -> bool:
+            if declining:
+                return False
+            taken.append(chunk)
+            return True
+
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                head = tasks.create_task(connection.send_request(b"POST", b"/", [(b"host", b"x")], b"{}", None))
+                await asyncio.sleep(0)
+                connection.data_received(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+                assert (await head)[0] == 200
+                connection.consumer = consumer
+                reader = tasks.create_task(connection.read())
+                await asyncio.sleep(0)  # the reader waits
+                connection.data_received(b"1\r\na\r\n")
+                declining = False
+                connection.data_received(b"1\r\nb\r\n")
+            return reader.result(), taken
+        finally:
+            connection.close()
+            theirs.close()
+
+    assert asyncio.run(main()) == (b"ab", [])
+
+
+def test_what_a_consumer_raises_read_raises() -> None:
+    def consumer(chunk: bytes) -> bool:
+        if chunk == b"b":
+            raise ValueError("the meter broke")
+        return True
+
+    async def main() -> None:
+        async with raw_server(chunked_server_of([b"a", b"b", b"c"])) as url, client_over(make_pool()) as client:
+            response = await open_stream(client, Outgoing("POST", url, [], b"{}"), PROVIDER)
+            response.tee_into(consumer)
+            try:
+                with pytest.raises(ValueError, match="the meter broke"):
+                    await response.read()
+            finally:
+                response.close()
+
+    asyncio.run(main())
 
 
 @pytest.mark.parametrize("stall", ["before the head", "after the first chunk"])
