@@ -35,7 +35,7 @@ class Exchange:
 
     request_id: str
     started_at: float
-    started_wall: datetime
+    started_time: str  # the ledger's `time`: when the request started (ISO 8601, UTC, microseconds)
     endpoint_path: str
     dialect: Dialect = DEFAULT
     key_name: str | None = None
@@ -71,7 +71,7 @@ def new_exchange(scope: Scope) -> Exchange:
     return Exchange(
         request_id=request_id,
         started_at=time.perf_counter(),
-        started_wall=datetime.now(UTC),
+        started_time=datetime.now(UTC).isoformat(timespec="microseconds"),  # as `ledger.utc_iso` writes it
         endpoint_path=scope["path"],
     )
 

@@ -39,7 +39,7 @@ from proxy.errors import (
 )
 from proxy.exchange import ClientGone, Exchange, identity_headers, new_exchange
 from proxy.failover import RETRYABLE_STATUSES, Plan, attempt_order, backoff_s, retry_after_s
-from proxy.ledger import LedgerRecord, utc_iso
+from proxy.ledger import LedgerRecord
 from proxy.metering import usage_figures
 from proxy.observe import Finished, Started
 from proxy.providers import recognize
@@ -361,7 +361,7 @@ def finish(state: ProxyState, ex: Exchange) -> None:
 def _record(ex: Exchange, u: Usage, usage_status: str, cost: Decimal | None, cost_status: str) -> LedgerRecord:
     return LedgerRecord(
         request_id=ex.request_id,
-        time=utc_iso(ex.started_wall),
+        time=ex.started_time,
         key_name=ex.key_name,
         provider=ex.upstream.provider.name if ex.upstream else None,
         model=ex.model,

@@ -10,14 +10,17 @@ fails is logged and skipped).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Protocol
+
+import msgspec
 
 from proxy.ledger import LedgerRecord
 
+# msgspec Structs rather than frozen dataclasses: made twice per request, and a frozen dataclass's __init__ sets
+# each field through object.__setattr__ (~0.7 µs against ~0.06 µs). gc=False: they hold no cycles.
 
-@dataclass(frozen=True, slots=True)
-class Started:
+
+class Started(msgspec.Struct, frozen=True, gc=False):
     request_id: str
     key_name: str | None
     provider: str
@@ -26,8 +29,7 @@ class Started:
     endpoint: str
 
 
-@dataclass(frozen=True, slots=True)
-class Finished:
+class Finished(msgspec.Struct, frozen=True, gc=False):
     record: LedgerRecord
     dialect: str
     attempts: int

@@ -29,7 +29,7 @@ def test_writes_to_a_closed_connection_are_not_counted() -> None:
     async def main() -> int:
         transport = Transport()
         CLIENT_TRANSPORT.set(transport)  # as proxy.lost_connection sets it for each connection hypercorn serves
-        ex = Exchange(request_id="r", started_at=0.0, started_wall=None, endpoint_path="/")  # type: ignore[arg-type]
+        ex = Exchange(request_id="r", started_at=0.0, started_time="", endpoint_path="/")
         sink = ClientStream(ex, send, b": ping\n\n")
         await sink.write(b"data: 1\n\n")
         await sink.ping()
