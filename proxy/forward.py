@@ -50,7 +50,7 @@ from proxy.usage import Usage
 
 _json_decode = msgspec.json.Decoder().decode
 _json_encode = msgspec.json.Encoder().encode
-_JSON_WHITESPACE = b" \t\n\r"
+_JSON_WHITESPACE = (b" ", b"\t", b"\n", b"\r")
 
 _DISCONNECT = "http.disconnect"
 # More request headers than any SDK sends (they send 10-20); past it 431, before any other work.
@@ -282,13 +282,21 @@ def _rewritten_body(body: bytes, request: dict[str, Any], rewritten: dict[str, A
     client sent is kept as sent: number spellings, escapes, key order, whitespace. Otherwise it is re-encoded."""
     added = {key: value for key, value in rewritten.items() if key not in request}
     unchanged = len(rewritten) - len(added) == len(request) and all(rewritten[k] is v for k, v in request.items())
-    start = len(body) - len(body.lstrip(_JSON_WHITESPACE))
+    start = _past_whitespace(body, 0)
     if not unchanged or body[start : start + 1] != b"{":
         return _json_encode(rewritten)
     fields = _json_encode(added)[1:-1]
-    rest = body[start + 1 :]
-    comma = b"," if rest.lstrip(_JSON_WHITESPACE)[:1] != b"}" else b""  # `{}` takes no comma after the fields
-    return body[: start + 1] + fields + comma + rest
+    first = _past_whitespace(body, start + 1)
+    comma = b"," if body[first : first + 1] != b"}" else b""  # `{}` takes no comma after the fields
+    return b"".join((body[: start + 1], fields, comma, memoryview(body)[start + 1 :]))
+
+
+def _past_whitespace(body: bytes, pos: int) -> int:
+    """The offset of the first byte at or after `pos` that is not JSON whitespace (offsets, not stripped copies:
+    a body may be megabytes of images)."""
+    while body[pos : pos + 1] in _JSON_WHITESPACE:
+        pos += 1
+    return pos
 
 
 def _check_model(model: str) -> None:

@@ -150,7 +150,7 @@ class LivePublisher:
 
     def _line(self, now: float, kind: bytes, data: msgspec.Struct) -> bytes:
         """`<t> <kind> <the event's JSON object, with "worker" and "t" last>`."""
-        return b"%.3f %s %s,\"worker\":%d,\"t\":%s}\n" % (now, kind, _encode(data)[:-1], self.worker, _encode(now))
+        return b'%.3f %s %s,"worker":%d,"t":%s}\n' % (now, kind, _encode(data)[:-1], self.worker, _encode(now))
 
     def _write(self, data: bytes) -> None:
         try:

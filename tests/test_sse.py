@@ -113,7 +113,7 @@ def test_one_mebibyte_line_is_accepted_and_the_limit_raises() -> None:
 _lines = st.lists(
     st.one_of(
         st.builds(lambda v: b"data: " + v, st.binary(max_size=20).filter(lambda b: b"\r" not in b and b"\n" not in b)),
-        st.sampled_from([b"", b": comment", b"event: x", b"id: 3", b"retry: 10", b"data", b"data:"]),
+        st.sampled_from([b"", b": comment", b"event: x", b"event:", b"id: 3", b"retry: 10", b"data", b"data:"]),
     ),
     max_size=30,
 )
@@ -125,6 +125,42 @@ def test_any_chunking_gives_the_same_events(lines: list[bytes], eols: list[bytes
     stream = b"".join(line + eols[i % len(eols)] for i, line in enumerate(lines))
     sizes = data.draw(st.lists(st.integers(min_value=0, max_value=len(stream) + 1), max_size=20))
     assert parse(stream, sizes) == parse(stream)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    frames=st.lists(
+        st.builds(
+            lambda head, data: [head, *data] if head else data,
+            st.sampled_from([b"", b"", b"event: x", b"event:", b"event: ", b"id: 3", b": c", b"retry: 1", b"data"]),
+            st.lists(st.sampled_from([b"data: a", b"data:b", b"data: ", b"data:", b"event: y"]), max_size=2),
+        ),
+        max_size=12,
+    ),
+    eols=st.lists(st.sampled_from([b"\n", b"\n", b"\n", b"\r", b"\r\n"]), min_size=1),
+)
+def test_whole_frames_read_at_once_give_what_the_line_scan_gives(frames: list[list[bytes]], eols: list[bytes]) -> None:
+    # Fed a byte at a time, no feed ever holds a whole frame, so every line goes through the line-by-line scan;
+    # fed whole, one-`data:`-line frames take the fast path. Offsets, ids and types must agree all the same.
+    lines = [line for frame in frames for line in [*frame, b""]]
+    stream = b"".join(line + eols[i % len(eols)] for i, line in enumerate(lines))
+    assert parse(stream) == parse(stream, [1] * len(stream))
+
+
+def test_the_fast_path_keeps_id_offsets_and_stops_at_other_shapes() -> None:
+    stream = b"id: 7\n\ndata: a\n\ndata:b\n\nevent: x\ndata: c\n\ndata: d\r\n\r\ndata: e\n\ndata: f\n"
+    parser = SSEParser()
+    events = parser.feed(stream)
+    assert [(e.event, e.data, e.id) for e in events] == [
+        ("message", b"a", "7"),
+        ("message", b"b", "7"),
+        ("x", b"c", "7"),
+        ("message", b"d", "7"),
+        ("message", b"e", "7"),
+    ]
+    assert [stream[e.start : e.end] for e in events][1] == b"data:b\n\n"
+    assert parser.boundary == len(stream) - len(b"data: f\n")
+    assert parser.close() == []
 
 
 @settings(max_examples=300, deadline=None)
@@ -217,7 +253,7 @@ def test_skip_is_the_same_as_feeding_frames_without_use() -> None:
     skipped.feed(head)
     assert fed.at_boundary and skipped.at_boundary
     fed.feed(middle)
-    skipped.skip(middle)
+    skipped.skip(len(middle))
     assert fed.feed(tail) == skipped.feed(tail)
 
 

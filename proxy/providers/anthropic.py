@@ -244,7 +244,7 @@ class AnthropicStreamMeter:
             and _USAGE_MARKER not in data
             and _STOP_MARKER not in data
         ):
-            self.parser.skip(data)
+            self.parser.skip(len(data))
             return
         try:
             events = self.parser.feed(data)

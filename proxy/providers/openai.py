@@ -202,7 +202,7 @@ class OpenAIStreamMeter:
         if not self.parser.at_boundary:
             return 0
         marker = data.find(_USAGE_MARKER)
-        done = data.find(_DONE)
+        done = data.find(_DONE, 0, marker if marker >= 0 else len(data))  # only the first of the two matters
         if marker < 0 and done < 0:
             end = len(data) if data.endswith(b"\n\n") else data.rfind(b"\n\n") + 2
         else:
@@ -216,10 +216,9 @@ class OpenAIStreamMeter:
             return
         skip = self.skippable(data)
         if skip:
+            self.parser.skip(skip)
             if skip == len(data):
-                self.parser.skip(data)
                 return
-            self.parser.skip(data[:skip])
             data = data[skip:]
         try:
             events = self.parser.feed(data)
@@ -314,13 +313,13 @@ class OpenAIFrameFilter:
         if not self._pending:
             skip = self.meter.skippable(data)
             if skip == len(data):
-                self.meter.parser.skip(data)
+                self.meter.parser.skip(skip)
                 self._base += skip
                 return data
             if skip:
-                self.meter.parser.skip(data[:skip])
+                self.meter.parser.skip(skip)
                 self._base += skip
-                return data[:skip] + self._feed(data[skip:])
+                return b"".join((memoryview(data)[:skip], self._feed(data[skip:])))
         return self._feed(data)
 
     def _feed(self, data: bytes) -> bytes:
