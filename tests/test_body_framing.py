@@ -62,6 +62,39 @@ def test_content_length_body_stops_at_its_length(data: bytes, length: int, where
             reader.close()
 
 
+def outcome(wire: bytes, parts: list[bytes]) -> tuple[bytes, bytes] | str:
+    reader = ChunkedBody()
+    try:
+        body = feed_all(reader, parts)
+        reader.close()
+    except BodyError:
+        return "BodyError"
+    return body, reader.extra
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    pieces,
+    st.lists(
+        st.tuples(
+            st.integers(min_value=0, max_value=1 << 16),
+            st.sampled_from([b"0x", b"0X", b"_", b" ", b"+", b"-", b"g", b"\r", b"\n", b"A", b"00", b";", b"\r\n"]),
+        ),
+        max_size=3,
+    ),
+)
+def test_a_whole_read_and_a_byte_at_a_time_agree_on_any_wire(
+    body_pieces: list[bytes], edits: list[tuple[int, bytes]]
+) -> None:
+    # A whole read takes the fast path for plain chunks; a byte at a time never holds a whole chunk, so the state
+    # machine reads every byte. On valid wire and broken alike they must agree: the same body, or BodyError.
+    wire = chunked(body_pieces)
+    for where, text in edits:
+        at = where % (len(wire) + 1)
+        wire = wire[:at] + text + wire[at:]
+    assert outcome(wire, [wire]) == outcome(wire, [wire[i : i + 1] for i in range(len(wire))])
+
+
 def test_a_read_of_many_chunks_is_one_piece() -> None:
     frames = [b"data: %d\n\n" % i for i in range(100)]
     reader = ChunkedBody()
