@@ -118,6 +118,20 @@ _decode_body = msgspec.json.Decoder(_BodyView).decode
 DecodeErrors = (ValueError, RecursionError)
 
 
+def _usage_marker(data: bytes) -> int:
+    """Where the first `"usage"` in `data` is that may hold usage: not `"usage":null` (or `": null"`), which
+    Azure and the legacy completions endpoint put in every chunk. -1 when there is none. A chat or completions
+    frame without one holds no usage whatever else it holds, so it is neither decoded nor, when it cannot be,
+    counted as a doubt: the same rule whether the frame is skipped whole or parsed."""
+    at = data.find(_USAGE_MARKER)
+    while at >= 0:
+        after = at + len(_USAGE_MARKER)
+        if not (data.startswith(b":null", after) or data.startswith(b": null", after)):
+            return at
+        at = data.find(_USAGE_MARKER, after)
+    return -1
+
+
 def _present(raw: msgspec.Raw) -> bool:
     """The field was there and was not null."""
     return bool(raw) and bytes(raw) != b"null"
@@ -196,12 +210,13 @@ class OpenAIStreamMeter:
 
     def skippable(self, data: bytes) -> int:
         """The fast path: how many leading bytes of `data` are whole frames (from a frame boundary to a blank
-        line) before the first frame holding a usage marker or [DONE]: nothing in them can matter to the meter
-        or the filter, so they are accounted for without parsing. C-speed scans instead of a parse, for most
-        chunks of most streams, and for all but the last frames of a read that holds a whole stream."""
+        line) before the first frame holding a usage marker (for chat and completions, `_usage_marker`'s) or
+        [DONE]: nothing in them can matter to the meter or the filter, so they are accounted for without parsing.
+        C-speed scans instead of a parse, for most chunks of most streams, and for all but the last frames of a
+        read that holds a whole stream."""
         if not self.parser.at_boundary:
             return 0
-        marker = data.find(_USAGE_MARKER)
+        marker = data.find(_USAGE_MARKER) if self._responses else _usage_marker(data)
         done = data.find(_DONE, 0, marker if marker >= 0 else len(data))  # only the first of the two matters
         if marker < 0 and done < 0:
             end = len(data) if data.endswith(b"\n\n") else data.rfind(b"\n\n") + 2
@@ -243,7 +258,7 @@ class OpenAIStreamMeter:
     def observe(self, event: SSEEvent) -> bool:
         """Take the usage from one event, if it has some. True when it is the usage-only chunk."""
         data = event.data
-        if _USAGE_MARKER not in data:
+        if (_USAGE_MARKER not in data) if self._responses else (_usage_marker(data) < 0):
             if data == _DONE:
                 self.finished = True
             return False
