@@ -38,3 +38,13 @@ def _none(send: Send) -> DirectBodyWriter | None:
 # sent with; None where there is none (HTTP/2, another server, a wrapped `send`). `proxy.h11_body_send` sets it
 # when it is installed.
 direct_body_writer: Callable[[Send], DirectBodyWriter | None] = _none
+
+
+def _cannot(send: Send, callback: Callable[[], None]) -> Callable[[], None] | None:
+    return None
+
+
+# Call `callback` once, when the client has gone (when `receive()` would return `http.disconnect`), given the
+# request's ASGI `send`; returns the function that stops listening, or None where the server cannot say (then
+# wait on `receive()`). `proxy.disconnect_signal` sets it when it is installed.
+on_disconnect: Callable[[Send, Callable[[], None]], Callable[[], None] | None] = _cannot

@@ -19,11 +19,13 @@ from __future__ import annotations
 import asyncio
 import re
 import time
+from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
 import msgspec
 
+from proxy import client_connection
 from proxy import headers as h
 from proxy import upstream as up
 from proxy.asgi_types import Receive, Scope, Send
@@ -65,6 +67,7 @@ async def handle(state: ProxyState, scope: Scope, receive: Receive, send: Send) 
     ex = new_exchange(scope)
     response: up.UpstreamResponse | None = None
     watcher: asyncio.Task[None] | None = None
+    stop_listening: Callable[[], None] | None = None
     me = asyncio.current_task()
     if me is not None:
         state.drain.track(me, ex)
@@ -102,9 +105,11 @@ async def handle(state: ProxyState, scope: Scope, receive: Receive, send: Send) 
         ex.model = model
         plan = state.router.plan(ex.model, ex.dialect.name)
         ex.trailers = state.trailers_for(scope)
-        # From here on the client may leave at any moment (waiting for a head, backing off, streaming): one
-        # watcher for the rest of the request cancels this task when it does.
-        watcher = asyncio.get_running_loop().create_task(_watch(ex, receive, asyncio.current_task()))
+        # From here on the client may leave at any moment (waiting for a head, backing off, streaming): when it
+        # does, this task is cancelled, by the server's callback or else by one watcher on `receive()`.
+        stop_listening = client_connection.on_disconnect(send, lambda: _client_left(ex, me))
+        if stop_listening is None:
+            watcher = asyncio.get_running_loop().create_task(_watch(ex, receive, me))
         response = await open_with_failover(state, ex, plan, scope, request, body)
         await relay(state, ex, response, send)
     except ProxyError as exc:
@@ -134,6 +139,8 @@ async def handle(state: ProxyState, scope: Scope, receive: Receive, send: Send) 
         ex.done = True
         if me is not None:
             state.drain.untrack(me)
+        if stop_listening is not None:
+            stop_listening()
         if watcher is not None:
             watcher.cancel()
         if response is not None:
@@ -158,14 +165,19 @@ async def _end_for_shutdown(ex: Exchange, send: Send) -> None:
 
 
 async def _watch(ex: Exchange, receive: Receive, task: asyncio.Task[Any] | None) -> None:
-    """Wait for the client to leave; then cancel the request's task (which closes the upstream at once)."""
+    """Wait for the client to leave, where the server cannot call back (`client_connection.on_disconnect`)."""
     while True:
         message = await receive()
         if message["type"] == _DISCONNECT:
-            if not ex.done and task is not None:
-                ex.client_gone = True
-                task.cancel()
+            _client_left(ex, task)
             return
+
+
+def _client_left(ex: Exchange, task: asyncio.Task[Any] | None) -> None:
+    """Cancel the request's task (which closes the upstream at once), unless it has finished."""
+    if not ex.done and task is not None:
+        ex.client_gone = True
+        task.cancel()
 
 
 async def open_with_failover(

@@ -54,9 +54,11 @@ def install_http11_trailers() -> bool:
     the relay wait for a slow client (`proxy.h2_backpressure`), request heads refused for a bare LF
     (`proxy.h11_strict`), no writes to a lost connection (`proxy.lost_connection`), h11 response heads
     validated once, in one pass (`proxy.h11_headers`), a streamed HTTP/1.1 chunk written in one step
-    (`proxy.h11_body_send`, after the trailers patch it goes around), and the keep-alive timeout as a timer
-    (`proxy.idle_timer`). True: trailers work on HTTP/1.1."""
+    (`proxy.h11_body_send`, after the trailers patch it goes around), the keep-alive timeout as a timer
+    (`proxy.idle_timer`), and the client's departure as a callback (`proxy.disconnect_signal`). True: trailers
+    work on HTTP/1.1."""
     from proxy import (
+        disconnect_signal,
         h2_backpressure,
         h11_body_send,
         h11_headers,
@@ -73,6 +75,7 @@ def install_http11_trailers() -> bool:
     h11_headers.install()
     h11_body_send.install()
     idle_timer.install()
+    disconnect_signal.install()
     return True
 
 
