@@ -8,8 +8,8 @@ hypercorn keeps writing it: `HTTPStream.app_send` does not look at its `closed` 
 headers and trailers of open streams are still flushed), and `TCPServer.protocol_send` hands the bytes to
 `StreamWriter.write` unconditionally. asyncio drops a write to a transport whose connection is lost, and from
 the sixth such write on (`LOG_THRESHOLD_FOR_CONNLOST_WRITES`) logs a warning for each one (over TLS, "SSL
-connection is closed"). A relay reading a fast upstream sends dozens of chunks before its disconnect watcher
-runs: tens of warnings per stream the client abandoned, none of them news.
+connection is closed"). A relay reading a fast upstream sends dozens of chunks before it learns of the
+disconnect: tens of warnings per stream the client abandoned, none of them news.
 
 Theory of operation: `TCPServer.protocol_send` is wrapped, nothing of hypercorn's is copied. Raw data for a
 transport that is already closing (`is_closing()`: the connection was lost, reset or closed) is not written;

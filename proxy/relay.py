@@ -37,7 +37,7 @@ async def relay(
     send: Send,
 ) -> None:
     """Tee the upstream body to the client while the meter reads it on the side. (The client leaving cancels
-    this, see `_watch`; `handle` closes the upstream response.)"""
+    this, see `forward._client_left`; `handle` closes the upstream response.)"""
     assert ex.upstream is not None and ex.route is not None
     dialect, route = ex.dialect, ex.route
     ex.status = response.status_code
