@@ -62,12 +62,7 @@ def install() -> None:
         if getattr(stream, "closed", False):  # gone already: `receive()` holds `http.disconnect`, let it say so
             return None
         stream.__dict__[_CALLBACK] = callback
-
-        def stop() -> None:
-            if stream.__dict__.get(_CALLBACK) is callback:
-                del stream.__dict__[_CALLBACK]
-
-        return stop
+        return lambda: stream.__dict__.pop(_CALLBACK, None)  # a stream serves one request: its callback is ours
 
     stream_cls.handle = handle
     setattr(stream_cls, _MARK, True)

@@ -62,7 +62,7 @@ def test_content_length_body_stops_at_its_length(data: bytes, length: int, where
             reader.close()
 
 
-def outcome(wire: bytes, parts: list[bytes]) -> tuple[bytes, bytes] | str:
+def outcome(parts: list[bytes]) -> tuple[bytes, bytes] | str:
     reader = ChunkedBody()
     try:
         body = feed_all(reader, parts)
@@ -92,7 +92,7 @@ def test_a_whole_read_and_a_byte_at_a_time_agree_on_any_wire(
     for where, text in edits:
         at = where % (len(wire) + 1)
         wire = wire[:at] + text + wire[at:]
-    assert outcome(wire, [wire]) == outcome(wire, [wire[i : i + 1] for i in range(len(wire))])
+    assert outcome([wire]) == outcome([wire[i : i + 1] for i in range(len(wire))])
 
 
 def test_a_read_of_many_chunks_is_one_piece() -> None:

@@ -99,31 +99,6 @@ def test_last_usage_wins_and_null_usage_is_ignored() -> None:
     assert m.usage is not None and (m.usage.input_tokens, m.usage.output_tokens) == (5, 2)
 
 
-BAD_USAGE = b'data: {"choices":[],"usage":{"prompt_tokens":"many"}}\n\n'
-_NULL_USAGE_FRAMES = [
-    b'data: {"choices":[{"index":0,"delta":{"content":"a"}}],"usage":null}\n\n',
-    b'data: {"choices":[],"usage": null,"x_groq":{"usage":null}}\n\n',
-    b'data: {"choices":[{"index":0,"delta":{"content":"b"}}],"usage":null\n\n',  # not JSON, and no usage all the same
-    b'data: {"choices":[],"usage":null,"x_groq":{"usage":{"prompt_tokens":7,"completion_tokens":1}}}\n\n',
-    b'data: {"choices":[],"usage":{"prompt_tokens":5,"completion_tokens":2}}\n\n',
-    BAD_USAGE,
-    b"data: [DONE]\n\n",
-]
-
-
-@settings(max_examples=200, deadline=None)
-@given(st.lists(st.sampled_from(_NULL_USAGE_FRAMES), max_size=12), st.sampled_from(["chat", "completions"]))
-def test_null_usage_frames_are_skipped_and_parsed_alike(stream_frames: list[bytes], endpoint_name: str) -> None:
-    # Whole frames at a time take the fast path past `"usage":null`; a byte at a time parses every frame. A frame
-    # whose every usage is null holds none, readable or not: the figures and the status agree either way.
-    body = b"".join(stream_frames)
-    whole = feed_all(endpoint_name, *stream_frames)
-    by_byte = feed_all(endpoint_name, *(body[i : i + 1] for i in range(len(body))))
-    assert (whole.usage, whole.status, whole.finished) == (by_byte.usage, by_byte.status, by_byte.finished)
-    if BAD_USAGE not in stream_frames and not any(b'"prompt_tokens"' in f for f in stream_frames):
-        assert whole.status == "missing"
-
-
 def test_malformed_usage_frame_is_unparsed_not_raised() -> None:
     m = OpenAIStreamMeter("chat")
     m.feed(b'data: {"choices":[],"usage":{"prompt_tokens":"many"}}\n\n')
@@ -369,6 +344,30 @@ def test_responses_terminal_events(event_type: str, usage: bytes, expected: tupl
 
 GOOD = b'data: {"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":1}}\n\n'
 BAD = b'data: {"choices":[],"usage":{"prompt_tokens":"many"}}\n\n'
+
+
+_NULL_USAGE_FRAMES = [
+    b'data: {"choices":[{"index":0,"delta":{"content":"a"}}],"usage":null}\n\n',
+    b'data: {"choices":[],"usage": null,"x_groq":{"usage":null}}\n\n',
+    b'data: {"choices":[{"index":0,"delta":{"content":"b"}}],"usage":null\n\n',  # not JSON, and no usage all the same
+    b'data: {"choices":[],"usage":null,"x_groq":{"usage":{"prompt_tokens":7,"completion_tokens":1}}}\n\n',
+    b'data: {"choices":[],"usage":{"prompt_tokens":5,"completion_tokens":2}}\n\n',
+    BAD,
+    b"data: [DONE]\n\n",
+]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.sampled_from(_NULL_USAGE_FRAMES), max_size=12), st.sampled_from(["chat", "completions"]))
+def test_null_usage_frames_are_skipped_and_parsed_alike(stream_frames: list[bytes], endpoint_name: str) -> None:
+    # Whole frames at a time take the fast path past `"usage":null`; a byte at a time parses every frame. A frame
+    # whose every usage is null holds none, readable or not: the figures and the status agree either way.
+    body = b"".join(stream_frames)
+    whole = feed_all(endpoint_name, *stream_frames)
+    by_byte = feed_all(endpoint_name, *(body[i : i + 1] for i in range(len(body))))
+    assert (whole.usage, whole.status, whole.finished) == (by_byte.usage, by_byte.status, by_byte.finished)
+    if BAD not in stream_frames and not any(b'"prompt_tokens"' in f for f in stream_frames):
+        assert whole.status == "missing"
 
 
 def test_a_later_good_usage_settles_an_earlier_undecodable_one() -> None:
