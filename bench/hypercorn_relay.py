@@ -19,12 +19,11 @@ import signal
 from typing import Any
 
 from hypercorn.asyncio import serve as hypercorn_serve
-from hypercorn.config import Config as HypercornConfig
 
 from bench.protocol_relay import run_relay
 from proxy.config import ProviderConfig
 from proxy.providers.base import Outgoing
-from proxy.serving import install_http11_trailers
+from proxy.serving import HypercornConfig, install_http11_trailers
 from proxy.upstream import UpstreamClient, make_client, open_stream
 
 _STREAM_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]

@@ -9,7 +9,10 @@ and so does the `Response` it returns. The rebuilds only drop or add h11's own f
 list again cannot fail. `set_comma_header` is replaced, in h11's connection module only, by the same rebuild
 that skips the regexes (`_parsed=True`, h11's own switch for lists it has checked); the Content-Length and
 Transfer-Encoding checks still run. On a response with a dozen header fields, h11's send went from 45 to 30
-µs (`bench` profile: hypercorn's response head was a fifth of the proxy's CPU per request).
+µs (`bench` profile: hypercorn's response head was a fifth of the proxy's CPU per request). Two cases skip even
+that: clearing a field the list does not have (Content-Length, on every streamed response) returns the list
+itself, and setting h11's own values (`chunked`, Connection tokens) appends their normalized triples to the
+list's, which are normalized already (a 10-field head's send: 10.9 → 8.0 µs).
 
 The one validation left, when an event is built (`normalize_and_validate` in h11's events module), ran two
 regexes per field: ~1 µs a field, and a provider's response carries twenty or more. It now checks the whole list
@@ -52,7 +55,16 @@ def install() -> None:
 
     def set_comma_header(headers: _headers.Headers, name: bytes, new_values: list[bytes]) -> _headers.Headers:
         # As h11's own: every field but `name`, then `name` (title-cased) with each new value.
-        rebuilt = [(raw_name, value) for raw_name, found_name, value in headers._full_items if found_name != name]
+        items = headers._full_items
+        kept = [item for item in items if item[1] != name]
+        if not new_values and len(kept) == len(items):
+            return headers  # nothing to clear or set (Content-Length on a streamed response): the same list
+        if name != b"content-length" and (name != b"transfer-encoding" or new_values == [b"chunked"]):
+            # The kept fields are h11's normalized triples already, and the new values are its own (`chunked`,
+            # Connection tokens): normalizing them again would give the same triples.
+            kept.extend((name.title(), name, value) for value in new_values)
+            return _headers.Headers(kept)
+        rebuilt = [(raw_name, value) for raw_name, _, value in kept]
         rebuilt.extend((name.title(), value) for value in new_values)
         return normalize_and_validate(rebuilt, _parsed=True)
 

@@ -17,10 +17,10 @@ app for itself), in which each worker appends its events to `<pid>.jsonl`, and a
 every file there, polling every `POLL_INTERVAL_S`. Why files rather than datagrams between workers or a broker:
 it needs no other service and no worker has to know its peers; the recent past is kept for free, so the page
 opens with the last hour's requests and spend instead of a blank chart; a subscriber that stalls costs the
-publishers nothing (a socket fan-out would have to buffer for it or drop); and publishing is an append to a
-buffer per event, written to the page cache at most `FLUSH_AFTER_S` later (subscribers poll every
-`POLL_INTERVAL_S`, so no one sees the wait), in one `write()` for every request in that time: under load one
-system call serves hundreds of requests instead of two each. No subscriber bookkeeping on the hot path. Each file
+publishers nothing (a socket fan-out would have to buffer for it or drop); and publishing notes the event in a
+buffer, whose lines are encoded and written to the page cache at most `FLUSH_AFTER_S` later (subscribers poll
+every `POLL_INTERVAL_S`, so no one sees the wait), in one `write()` for every request in that time: under load
+one system call serves hundreds of requests instead of two each. No subscriber bookkeeping on the hot path. Each file
 is bounded: past `MAX_FILE_BYTES` it is renamed to `<pid>.jsonl.1` (replacing the previous one) and a fresh one
 started, so a worker keeps at most twice that, and the history a new subscriber sees is the last hour or the last
 few thousand requests per worker, whichever is shorter. A tail that slept through two rotations of one file would
@@ -52,9 +52,9 @@ LIVE_DIR_ENV = "TEEPROXY_LIVE_DIR"
 # Per worker file, before it rotates: ~1.2 KiB per request, so about 1,700 requests in each of two files.
 MAX_FILE_BYTES = 2 * 1024 * 1024
 POLL_INTERVAL_S = 0.2
-# A publisher's lines wait at most this long in its buffer (or until it holds FLUSH_BYTES), then one write().
+# A publisher's events wait at most this long in its buffer (or until it holds FLUSH_EVENTS), then one write().
 FLUSH_AFTER_S = 0.05
-FLUSH_BYTES = 64 * 1024
+FLUSH_EVENTS = 200  # about a hundred requests: some 120 KiB of lines
 HISTORY_S = 3600.0
 # An SSE comment this often while nothing happens, so idle connections stay open through other proxies.
 KEEPALIVE_S = 15.0
@@ -102,7 +102,11 @@ class _Error(msgspec.Struct, gc=False):
 
 
 class LivePublisher:
-    """An `Observer` appending this worker's events to its file in the run's live directory."""
+    """An `Observer` appending this worker's events to its file in the run's live directory.
+
+    An event is only noted when it happens (its time and the observer's own immutable event); its lines are
+    encoded when the buffer is written, all of them in one pass. The same work either way, but done for a
+    batch of requests at a time it runs in warm caches instead of between every request's other work."""
 
     def __init__(self, directory: str, max_file_bytes: int = MAX_FILE_BYTES) -> None:
         self.worker = os.getpid()
@@ -111,20 +115,48 @@ class LivePublisher:
         self._fd = self._open()
         self._size = os.fstat(self._fd).st_size
         self._failed = False
-        self._pending: list[bytes] = []
-        self._pending_bytes = 0
+        self._pending: list[tuple[float, Started | Finished]] = []
         self._flush_handle: asyncio.TimerHandle | None = None
 
     def _open(self) -> int:
         return os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
 
     def request_started(self, event: Started) -> None:
-        now = round(time.time(), 3)
-        data = _Started(event.request_id, event.key_name, event.provider, event.dialect, event.model, event.endpoint)
-        self._write(self._line(now, b"request_started", data))
+        self._note(event)
 
     def request_finished(self, event: Finished) -> None:
-        now = round(time.time(), 3)
+        self._note(event)
+
+    def _note(self, event: Started | Finished) -> None:
+        self._pending.append((time.time(), event))
+        if self._flush_handle is not None:  # a write is already due
+            if len(self._pending) >= FLUSH_EVENTS:
+                self.flush()
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no event loop (a script, a test): straight to the file
+            self.flush()
+            return
+        self._flush_handle = loop.call_later(FLUSH_AFTER_S, self.flush)
+
+    def flush(self) -> None:
+        """The buffered events to the file, now."""
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        if self._pending:
+            pending, self._pending = self._pending, []
+            self._append(b"".join([self._lines(now, event) for now, event in pending]))
+
+    def _lines(self, when: float, event: Started | Finished) -> bytes:
+        now = round(when, 3)
+        if type(event) is Started:
+            data = _Started(
+                event.request_id, event.key_name, event.provider, event.dialect, event.model, event.endpoint
+            )
+            return self._line(now, b"request_started", data)
+        assert type(event) is Finished
         r = event.record
         usage = _Usage(
             r.request_id,
@@ -146,35 +178,11 @@ class LivePublisher:
             error = _Error(r.request_id, r.time, r.provider, r.model, r.endpoint, r.outcome, r.http_status)
             lines.append(self._line(now, b"error", error))
         lines.append(self._line(now, b"request_finished", access_line(event)))
-        self._write(b"".join(lines))
+        return b"".join(lines)
 
     def _line(self, now: float, kind: bytes, data: msgspec.Struct) -> bytes:
         """`<t> <kind> <the event's JSON object, with "worker" and "t" last>`."""
         return b'%.3f %s %s,"worker":%d,"t":%s}\n' % (now, kind, _encode(data)[:-1], self.worker, _encode(now))
-
-    def _write(self, data: bytes) -> None:
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:  # no event loop (a script, a test): straight to the file
-            self._append(data)
-            return
-        self._pending.append(data)
-        self._pending_bytes += len(data)
-        if self._pending_bytes >= FLUSH_BYTES:
-            self.flush()
-        elif self._flush_handle is None:
-            self._flush_handle = loop.call_later(FLUSH_AFTER_S, self.flush)
-
-    def flush(self) -> None:
-        """The buffered lines to the file, now."""
-        if self._flush_handle is not None:
-            self._flush_handle.cancel()
-            self._flush_handle = None
-        if self._pending:
-            data = b"".join(self._pending)
-            self._pending = []
-            self._pending_bytes = 0
-            self._append(data)
 
     def _append(self, data: bytes) -> None:
         try:

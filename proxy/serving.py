@@ -25,7 +25,7 @@ from collections.abc import AsyncIterator
 from multiprocessing.process import BaseProcess
 from typing import Protocol
 
-from hypercorn.config import Config as HypercornConfig
+from hypercorn.config import Config as _HypercornConfig
 from hypercorn.config import Sockets
 from hypercorn.utils import LifespanFailureError
 
@@ -47,6 +47,26 @@ GRACEFUL_TIMEOUT_S = 30.0
 # hypercorn's default listen backlog is 100; a burst of new streams (a batch job starting, a load test) should
 # queue in the kernel rather than be refused.
 BACKLOG = 4096
+
+
+class HypercornConfig(_HypercornConfig):
+    """hypercorn's config, whose per-response headers (Date, Server) are built once a second, not once a response.
+
+    hypercorn formats the Date header anew for every response (~2 µs); it has one-second resolution, so the list
+    `response_headers` returns is the same for a whole second and is kept per protocol for that second. A
+    response whose second turns over while the list is built may carry the previous second's date: still the
+    best approximation RFC 9110 §6.6.1 asks for."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._response_headers: dict[str, tuple[int, list[tuple[bytes, bytes]]]] = {}
+
+    def response_headers(self, protocol: str) -> list[tuple[bytes, bytes]]:
+        now = int(time.time())
+        entry = self._response_headers.get(protocol)
+        if entry is None or entry[0] != now:
+            entry = self._response_headers[protocol] = (now, super().response_headers(protocol))
+        return list(entry[1])
 
 
 def install_http11_trailers() -> bool:

@@ -20,13 +20,12 @@ from typing import Any, TypeVar
 
 import h11
 from hypercorn.asyncio.run import worker_serve
-from hypercorn.config import Config as HypercornConfig
 from hypercorn.utils import wrap_app
 
 from proxy.app import TeeProxy
 from proxy.config import Config, parse_config
 from proxy.demo import H11Server, Reply, Request
-from proxy.serving import install_http11_trailers
+from proxy.serving import HypercornConfig, install_http11_trailers
 
 T = TypeVar("T")
 
