@@ -72,16 +72,17 @@ class HypercornConfig(_HypercornConfig):
 def install_http11_trailers() -> bool:
     """The contained extensions of hypercorn, once per process: HTTP/1.1 trailers, HTTP/2 flow control that makes
     the relay wait for a slow client (`proxy.h2_backpressure`), request heads refused for a bare LF
-    (`proxy.h11_strict`), no writes to a lost connection (`proxy.lost_connection`), h11 response heads
-    validated once, in one pass (`proxy.h11_headers`), a streamed HTTP/1.1 chunk written in one step
-    (`proxy.h11_body_send`, after the trailers patch it goes around), the keep-alive timeout as a timer
-    (`proxy.idle_timer`), and the client's departure as a callback (`proxy.disconnect_signal`). True: trailers
-    work on HTTP/1.1."""
+    (`proxy.h11_strict`) and read in two regex passes (`proxy.h11_request_head`), no writes to a lost
+    connection (`proxy.lost_connection`), h11 response heads validated once, in one pass (`proxy.h11_headers`),
+    a streamed HTTP/1.1 chunk written in one step (`proxy.h11_body_send`, after the trailers patch it goes
+    around), the keep-alive timeout as a timer (`proxy.idle_timer`), and the client's departure as a callback
+    (`proxy.disconnect_signal`). True: trailers work on HTTP/1.1."""
     from proxy import (
         disconnect_signal,
         h2_backpressure,
         h11_body_send,
         h11_headers,
+        h11_request_head,
         h11_strict,
         http11_trailers,
         idle_timer,
@@ -91,6 +92,7 @@ def install_http11_trailers() -> bool:
     http11_trailers.install()
     h2_backpressure.install()
     h11_strict.install()
+    h11_request_head.install()
     lost_connection.install()
     h11_headers.install()
     h11_body_send.install()
