@@ -182,19 +182,39 @@ def _whole_chunks(data: bytes, pos: int, end: int, out: list[bytes]) -> int:
     Returns where it stopped: the last chunk, a chunk not wholly in `data`, an extension, or anything wrong is
     left to the state machine, which reads it (or refuses it) byte for byte as before."""
     find = data.find
+    known = _PLAIN_SIZES.get
     while True:
         eol = find(b"\r\n", pos, pos + _MAX_SIZE_DIGITS + 2)
         if eol <= pos:  # none within reach (a longer line, an extension, more to come) or an empty line
             return pos
         line = data[pos:eol]
-        if line.translate(None, _HEX_DIGITS):  # something besides hex digits: not the plain case
-            return pos
+        size = known(line)
+        if size is None:
+            size = _plain_size(line)
+            if not size:  # not plain hex digits, or the last chunk
+                return pos
         start = eol + 2
-        stop = start + int(line, 16)
-        if stop == start or stop + 2 > end or data[stop : stop + 2] != b"\r\n":
+        stop = start + size
+        if data[stop : stop + 2] != b"\r\n":  # not all here yet, or not followed by CRLF
             return pos
         out.append(data[start:stop])
         pos = stop + 2
+
+
+# Size lines already read, as they were spelled: a stream's chunks come in a few hundred sizes at most, and a
+# lookup costs less than checking and converting the digits again. Bounded; past it, sizes are converted each time.
+_PLAIN_SIZES: dict[bytes, int] = {}
+_MAX_PLAIN_SIZES = 4096
+
+
+def _plain_size(line: bytes) -> int | None:
+    """The size a line of (at most `_MAX_SIZE_DIGITS`) hex digits spells; None for anything else."""
+    if line.translate(None, _HEX_DIGITS):
+        return None
+    size = int(line, 16)
+    if size and len(_PLAIN_SIZES) < _MAX_PLAIN_SIZES:  # never 0: the last chunk is the state machine's to read
+        _PLAIN_SIZES[line] = size
+    return size
 
 
 def _chunk_size(line: bytes) -> int:
