@@ -56,7 +56,7 @@ _HEAD, _FIELD_LINE = _patterns()
 def read_request_head(buf: StrictReceiveBuffer) -> h11.Request | None:
     """A whole, plain request head out of `buf` as h11's `Request`; None when it is not one (h11 reads it)."""
     data = buf._data
-    end = data.find(b"\r\n\r\n")
+    end = data.find(b"\r\n\r\n", max(0, buf._checked - 3))  # not again where the strict buffer found none
     if end < 0:
         return None
     match = _HEAD.fullmatch(data, 0, end + 4)

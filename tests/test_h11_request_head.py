@@ -125,3 +125,21 @@ def test_install_is_idempotent_and_refuses_another_h11(monkeypatch: pytest.Monke
     monkeypatch.setattr("importlib.metadata.version", lambda name: "0.17.0")
     with pytest.raises(RuntimeError, match="h11 0.16.x"):
         h11_request_head.install()
+
+
+def test_a_head_that_trickles_in_byte_by_byte_reads_as_a_whole_one() -> None:
+    """As hypercorn's connection reads it: each byte received, then asked for the next event."""
+
+    def request_of(pieces: list[bytes]) -> tuple[Any, ...]:
+        connection = h11.Connection(h11.SERVER)
+        connection._receive_buffer = StrictReceiveBuffer()
+        for piece in pieces:
+            connection.receive_data(piece)
+            event = connection.next_event()
+            if event is not h11.NEED_DATA:
+                assert isinstance(event, h11.Request)
+                return (event.method, event.target, list(event.headers.raw_items()))
+        raise AssertionError("no request")
+
+    wire = SDK_HEAD + b"{}"
+    assert request_of([wire[i : i + 1] for i in range(len(wire))]) == request_of([wire])

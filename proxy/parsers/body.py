@@ -132,7 +132,7 @@ class ChunkedBody:
                 pos += 2
                 state = _SIZE
             elif state == _SIZE:
-                pos = _whole_chunks(data, pos, end, out)
+                pos = _whole_chunks(data, pos, out)
                 if pos == end:
                     break
                 eol = data.find(b"\r\n", pos)
@@ -176,7 +176,7 @@ class ChunkedBody:
             raise BodyError("the chunked body ended before its last chunk")
 
 
-def _whole_chunks(data: bytes, pos: int, end: int, out: list[bytes]) -> int:
+def _whole_chunks(data: bytes, pos: int, out: list[bytes]) -> int:
     """The fast path, from a size line at `pos`: whole chunks with a plain hex size (no extension) and their
     CRLF, as servers write them, are read with a find, a slice and a check each; their data goes to `out`.
     Returns where it stopped: the last chunk, a chunk not wholly in `data`, an extension, or anything wrong is
