@@ -19,12 +19,12 @@ a wrapped `send`) it returns None, and the caller waits on `receive()` as before
 
 from __future__ import annotations
 
-import importlib.metadata
 from collections.abc import Callable
 from typing import Any
 
 from proxy import client_connection
 from proxy.asgi_types import Send
+from proxy.patch_versions import require
 
 SUPPORTED_PREFIX = "0.18."
 _MARK = "__teeproxy_disconnect_signal__"
@@ -32,12 +32,9 @@ _CALLBACK = "_teeproxy_on_disconnect"
 
 
 def install() -> None:
-    version = importlib.metadata.version("hypercorn")
-    if not version.startswith(SUPPORTED_PREFIX):
-        raise RuntimeError(
-            f"proxy.disconnect_signal patches hypercorn {SUPPORTED_PREFIX}x, but hypercorn {version} is installed; "
-            "check how its streams report a client that has gone, and update or drop the patch"
-        )
+    version = require(
+        "disconnect_signal", {"hypercorn": SUPPORTED_PREFIX}, "check how its streams report a client that has gone"
+    )["hypercorn"]
     from hypercorn.protocol import http_stream
     from hypercorn.protocol.events import StreamClosed
 

@@ -22,10 +22,10 @@ head to write it with the first chunk was tried and measured no better at c1: le
 
 from __future__ import annotations
 
-import importlib.metadata
 from typing import Any
 
 from proxy import client_connection
+from proxy.patch_versions import require
 
 SUPPORTED_PREFIX = "0.18."
 H11_PREFIX = "0.16."
@@ -34,13 +34,8 @@ _PATH = "_teeproxy_body_path"
 
 
 def install() -> None:
-    version = importlib.metadata.version("hypercorn")
-    h11_version = importlib.metadata.version("h11")
-    if not version.startswith(SUPPORTED_PREFIX) or not h11_version.startswith(H11_PREFIX):
-        raise RuntimeError(
-            f"proxy.h11_body_send patches hypercorn {SUPPORTED_PREFIX}x with h11 {H11_PREFIX}x, but hypercorn "
-            f"{version} and h11 {h11_version} are installed; check the body path, and update or drop the patch"
-        )
+    versions = require("h11_body_send", {"hypercorn": SUPPORTED_PREFIX, "h11": H11_PREFIX}, "check the body path")
+    version = versions["hypercorn"]
     import h11
     from h11._writers import ChunkedWriter
     from hypercorn.asyncio.tcp_server import TCPServer

@@ -26,21 +26,19 @@ accepted, and the error raised for what is not, are h11's.
 
 from __future__ import annotations
 
-import importlib.metadata
 import re
 from typing import Any
+
+from proxy.patch_versions import require
 
 SUPPORTED_PREFIX = "0.16."
 _MARK = "__teeproxy_h11_headers__"
 
 
 def install() -> None:
-    version = importlib.metadata.version("h11")
-    if not version.startswith(SUPPORTED_PREFIX):
-        raise RuntimeError(
-            f"proxy.h11_headers patches h11 {SUPPORTED_PREFIX}x, but h11 {version} is installed; check whether "
-            "set_comma_header still re-validates a validated list, and update or drop the patch"
-        )
+    version = require(
+        "h11_headers", {"h11": SUPPORTED_PREFIX}, "check whether set_comma_header still re-validates a validated list"
+    )["h11"]
     from h11 import _abnf, _connection, _events, _headers
 
     current = getattr(_connection, "set_comma_header")  # noqa: B009 - not re-exported; mypy would refuse the dot

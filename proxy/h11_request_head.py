@@ -23,13 +23,13 @@ holds the two readers to the same events, errors and leftover bytes on generated
 
 from __future__ import annotations
 
-import importlib.metadata
 import re
 from typing import Any
 
 import h11
 
 from proxy.h11_strict import StrictReceiveBuffer
+from proxy.patch_versions import require
 
 SUPPORTED_PREFIX = "0.16."
 _MARK = "__teeproxy_h11_request_head__"
@@ -73,12 +73,7 @@ def read_request_head(buf: StrictReceiveBuffer) -> h11.Request | None:
 
 def install() -> None:
     """Idempotent; raises RuntimeError if h11 is not what this module was written against."""
-    version = importlib.metadata.version("h11")
-    if not version.startswith(SUPPORTED_PREFIX):
-        raise RuntimeError(
-            f"proxy.h11_request_head patches h11 {SUPPORTED_PREFIX}x, but h11 {version} is installed; check its "
-            "request reader and patterns, and update or drop the patch"
-        )
+    version = require("h11_request_head", {"h11": SUPPORTED_PREFIX}, "check its request reader and patterns")["h11"]
     from h11 import _readers
 
     key = (h11.CLIENT, h11.IDLE)

@@ -24,12 +24,13 @@ upstream) is untouched.
 
 from __future__ import annotations
 
-import importlib.metadata
 import re
 from typing import Any
 
 import h11
 from h11._receivebuffer import ReceiveBuffer
+
+from proxy.patch_versions import require
 
 SUPPORTED_HYPERCORN_PREFIX = "0.18."
 SUPPORTED_H11_PREFIX = "0.16."
@@ -64,13 +65,11 @@ class StrictReceiveBuffer(ReceiveBuffer):
 def install() -> None:
     """Make hypercorn's HTTP/1.1 server refuse bare LFs in request heads. Idempotent; raises RuntimeError if
     hypercorn or h11 is not what this module was written against."""
-    versions = {name: importlib.metadata.version(name) for name in ("hypercorn", "h11")}
-    for name, prefix in (("hypercorn", SUPPORTED_HYPERCORN_PREFIX), ("h11", SUPPORTED_H11_PREFIX)):
-        if not versions[name].startswith(prefix):
-            raise RuntimeError(
-                f"proxy.h11_strict patches {name} {prefix}x, but {name} {versions[name]} is installed; "
-                "check whether it still accepts a bare LF as a line end, and update or drop the patch"
-            )
+    versions = require(
+        "h11_strict",
+        {"hypercorn": SUPPORTED_HYPERCORN_PREFIX, "h11": SUPPORTED_H11_PREFIX},
+        "check whether it still accepts a bare LF as a line end",
+    )
     from hypercorn.protocol import h11 as hc_h11
 
     protocol_cls: Any = hc_h11.H11Protocol

@@ -19,17 +19,16 @@ on the upstream. Per stream the proxy then holds at most `BUFFER_HIGH_WATER` (32
 
 from __future__ import annotations
 
-import importlib.metadata
 from typing import Any
+
+from proxy.patch_versions import require
 
 SUPPORTED_PREFIX = "0.18."
 _MARK = "__teeproxy_h2_backpressure__"
 
 
 def install() -> None:
-    version = importlib.metadata.version("hypercorn")
-    if not version.startswith(SUPPORTED_PREFIX):
-        raise RuntimeError(f"proxy.h2_backpressure was written against hypercorn {SUPPORTED_PREFIX}x, found {version}")
+    require("h2_backpressure", {"hypercorn": SUPPORTED_PREFIX}, "check how its h2 streams wait for the window")
     from hypercorn.protocol import h2 as hypercorn_h2
 
     buffer_class: Any = hypercorn_h2.StreamBuffer

@@ -31,11 +31,12 @@ what this module was written against.
 
 from __future__ import annotations
 
-import importlib.metadata
 from collections.abc import Iterable
 from typing import Any
 
 import h11
+
+from proxy.patch_versions import require
 
 SUPPORTED_PREFIX = "0.18."
 _MARK = "__teeproxy_http11_trailers__"
@@ -61,18 +62,11 @@ def chunked_response(method: str, status: int, headers: Iterable[tuple[bytes, by
     return b"transfer-encoding" in names or b"content-length" not in names
 
 
-def hypercorn_version() -> str:
-    return importlib.metadata.version("hypercorn")
-
-
 def install() -> None:
     """Give hypercorn HTTP/1.1 chunked trailers. Idempotent; raises RuntimeError if hypercorn does not fit."""
-    version = hypercorn_version()
-    if not version.startswith(SUPPORTED_PREFIX):
-        raise RuntimeError(
-            f"proxy.http11_trailers patches hypercorn {SUPPORTED_PREFIX}x, but hypercorn {version} is installed; "
-            "check whether it now sends HTTP/1.1 trailers itself, and update or drop the patch"
-        )
+    version = require(
+        "http11_trailers", {"hypercorn": SUPPORTED_PREFIX}, "check whether it now sends HTTP/1.1 trailers itself"
+    )["hypercorn"]
     from hypercorn.protocol import events, http_stream
     from hypercorn.protocol import h11 as hc_h11
     from hypercorn.utils import build_and_validate_headers

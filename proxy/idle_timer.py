@@ -22,9 +22,10 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import importlib.metadata
 from collections.abc import Callable
 from typing import Any
+
+from proxy.patch_versions import require
 
 SUPPORTED_PREFIX = "0.18."
 _MARK = "__teeproxy_idle_timer__"
@@ -33,12 +34,9 @@ _WATCH = "_teeproxy_idle_watch"  # on a worker context: the task that fires them
 
 
 def install() -> None:
-    version = importlib.metadata.version("hypercorn")
-    if not version.startswith(SUPPORTED_PREFIX):
-        raise RuntimeError(
-            f"proxy.idle_timer patches hypercorn {SUPPORTED_PREFIX}x, but hypercorn {version} is installed; check "
-            "how TCPServer times idle connections, and update or drop the patch"
-        )
+    version = require("idle_timer", {"hypercorn": SUPPORTED_PREFIX}, "check how TCPServer times idle connections")[
+        "hypercorn"
+    ]
     from hypercorn.asyncio import tcp_server
     from hypercorn.asyncio.worker_context import AsyncioSingleTask
 

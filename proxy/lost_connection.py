@@ -40,8 +40,9 @@ read loop ends, the timer is stopped.
 
 from __future__ import annotations
 
-import importlib.metadata
 from typing import Any
+
+from proxy.patch_versions import require
 
 SUPPORTED_PREFIX = "0.18."
 _MARK = "__teeproxy_lost_connection__"
@@ -50,12 +51,9 @@ _MARK = "__teeproxy_lost_connection__"
 def install() -> None:
     """Stop hypercorn writing to connections that are gone. Idempotent; raises RuntimeError if hypercorn does not
     fit."""
-    version = importlib.metadata.version("hypercorn")
-    if not version.startswith(SUPPORTED_PREFIX):
-        raise RuntimeError(
-            f"proxy.lost_connection patches hypercorn {SUPPORTED_PREFIX}x, but hypercorn {version} is installed; "
-            "check whether it still writes to a lost connection, and update or drop the patch"
-        )
+    version = require(
+        "lost_connection", {"hypercorn": SUPPORTED_PREFIX}, "check whether it still writes to a lost connection"
+    )["hypercorn"]
     from hypercorn.asyncio import tcp_server
     from hypercorn.events import Closed, Event, RawData
 

@@ -343,7 +343,7 @@ def test_install_is_idempotent() -> None:
 
 
 def test_install_refuses_another_hypercorn(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(http11_trailers, "hypercorn_version", lambda: "0.19.0")
+    monkeypatch.setattr("importlib.metadata.version", lambda name: "0.19.0")
     with pytest.raises(RuntimeError, match=r"hypercorn 0\.19\.0 is installed"):
         http11_trailers.install()
 

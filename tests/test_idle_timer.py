@@ -121,6 +121,6 @@ def test_install_is_idempotent_and_refuses_another_hypercorn(monkeypatch: pytest
     installed = module.AsyncioSingleTask
     idle_timer.install()
     assert module.AsyncioSingleTask is installed
-    monkeypatch.setattr(idle_timer.importlib.metadata, "version", lambda name: "0.19.0")
+    monkeypatch.setattr("importlib.metadata.version", lambda name: "0.19.0")
     with pytest.raises(RuntimeError, match="hypercorn 0.19.0"):
         idle_timer.install()
