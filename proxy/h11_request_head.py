@@ -7,7 +7,8 @@ went to cutting and splitting alone; for the bench's 4-field head, 11.5 µs.
 
 Here the whole head is matched at once, against h11's own patterns (`h11._abnf`: the request line, then each
 field line as `field-name ":" OWS field-value OWS`, each line ending CRLF, then the blank line), and the fields
-are taken with one `findall` of the same field-line pattern; the `Request` is built as h11's reader builds it
+are taken from the lines so checked with one `findall` (the name, and the rest of the line after its leading OWS,
+whose trailing OWS is stripped where there is any); the `Request` is built as h11's reader builds it
 (`_parsed=True`, so h11 still checks Host and the framing fields). Only a head that matches is read this way:
 anything else (not yet complete, an obsolete line fold, a bare CR or LF, a byte h11 refuses) goes to h11's own
 reader, with `proxy.h11_strict`'s buffer in front of it as before, so what is refused, and how, is unchanged.
@@ -15,7 +16,8 @@ The fast reader runs only on that buffer's connections (hypercorn's), never on o
 
 Why the two readings agree: no byte a line may hold (token, visible characters, SP and HTAB) is CR or LF, so
 a match ends every line at its own CRLF, the head at the first CRLFCRLF, and `findall`, starting at the first
-field line, matches exactly the lines the whole-head match checked, one each. `tests/test_h11_request_head.py`
+field line, matches exactly the lines the whole-head match checked, one each: a name holds no colon, so each
+match splits its line at the first one, as h11's does. `tests/test_h11_request_head.py`
 holds the two readers to the same events, errors and leftover bytes on generated heads.
 
 `install()` checks the h11 version and the reader it replaces, and refuses otherwise.

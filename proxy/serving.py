@@ -53,9 +53,9 @@ class HypercornConfig(_HypercornConfig):
     """hypercorn's config, whose per-response headers (Date, Server) are built once a second, not once a response.
 
     hypercorn formats the Date header anew for every response (~2 µs); it has one-second resolution, so the list
-    `response_headers` returns is the same for a whole second and is kept per protocol for that second. A
-    response whose second turns over while the list is built may carry the previous second's date: still the
-    best approximation RFC 9110 §6.6.1 asks for."""
+    `response_headers` returns is the same for a whole second and is kept per protocol, under the second it was
+    asked for in. A list built just as that second turned over carries the new second's date and is never used
+    again (the next call is in a later second), so every response's Date is hypercorn's for its own second."""
 
     def __init__(self) -> None:
         super().__init__()
