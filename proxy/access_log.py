@@ -23,8 +23,8 @@ from proxy.observe import Finished, Started
 log = logging.getLogger("teeproxy")
 
 
-class AccessLine(msgspec.Struct, kw_only=True):
-    """Field names are a public contract, like the ledger's."""
+class AccessLine(msgspec.Struct):
+    """Field names are a public contract, like the ledger's (and `access_line` builds it in their order)."""
 
     time: str  # the request's start, ISO 8601 UTC
     request_id: str
@@ -56,35 +56,33 @@ _encode = msgspec.json.Encoder().encode
 
 def access_line(event: Finished) -> AccessLine:
     r = event.record
+    ttfb_s, max_gap_s = event.ttfb_s, event.max_gap_s
+    # Positional, in the fields' order: a Struct of this size takes keywords at a third of the speed.
     return AccessLine(
-        time=r.time,
-        request_id=r.request_id,
-        key_name=r.key_name,
-        provider=r.provider,
-        dialect=event.dialect,
-        model=r.model,
-        endpoint=r.endpoint,
-        outcome=r.outcome,
-        http_status=r.http_status,
-        attempts=event.attempts,
-        streaming=event.streaming,
-        ttfb_ms=_ms(event.ttfb_s),
-        max_gap_ms=_ms(event.max_gap_s),
-        duration_ms=round(r.duration_ms, 3),
-        bytes_to_client=r.bytes_to_client,
-        input_tokens=r.input_tokens,
-        cached_tokens=r.cached_tokens,
-        cache_write_tokens=r.cache_write_tokens,
-        output_tokens=r.output_tokens,
-        reasoning_tokens=r.reasoning_tokens,
-        usage_status=r.usage_status,
-        cost_usd=r.cost,
-        cost_status=r.cost_status,
+        r.time,
+        r.request_id,
+        r.key_name,
+        r.provider,
+        event.dialect,
+        r.model,
+        r.endpoint,
+        r.outcome,
+        r.http_status,
+        event.attempts,
+        event.streaming,
+        None if ttfb_s is None else round(ttfb_s * 1000, 3),
+        None if max_gap_s is None else round(max_gap_s * 1000, 3),
+        round(r.duration_ms, 3),
+        r.bytes_to_client,
+        r.input_tokens,
+        r.cached_tokens,
+        r.cache_write_tokens,
+        r.output_tokens,
+        r.reasoning_tokens,
+        r.usage_status,
+        r.cost,
+        r.cost_status,
     )
-
-
-def _ms(seconds: float | None) -> float | None:
-    return None if seconds is None else round(seconds * 1000, 3)
 
 
 class AccessLog:

@@ -44,8 +44,9 @@ RETRY_DELAYS_S = (0.05, 0.2, 1.0, 5.0)
 FLUSH_TIMEOUT_S = 30.0
 
 
-class LedgerRecord(msgspec.Struct, kw_only=True):
-    """Field names are a public contract: `teeproxy usage --json` prints exactly these."""
+class LedgerRecord(msgspec.Struct):
+    """Field names are a public contract: `teeproxy usage --json` prints exactly these. (Their order is how
+    `proxy.forward._record` builds one.)"""
 
     request_id: str
     time: str  # ISO 8601, UTC, microseconds: the request's start

@@ -65,7 +65,7 @@ SUFFIX = ".jsonl"
 _encode = msgspec.json.Encoder().encode
 
 
-# The events' fields, in the order they are written (a Struct encodes faster than a dict).
+# The events' fields, in the order they are written, `worker` and `t` last (a Struct encodes faster than a dict).
 class _Started(msgspec.Struct, gc=False):
     request_id: str
     key_name: str | None
@@ -73,6 +73,8 @@ class _Started(msgspec.Struct, gc=False):
     dialect: str
     model: str
     endpoint: str
+    worker: int
+    t: float
 
 
 class _Usage(msgspec.Struct, gc=False):
@@ -89,6 +91,8 @@ class _Usage(msgspec.Struct, gc=False):
     usage_status: str
     cost_usd: str | None
     cost_status: str
+    worker: int
+    t: float
 
 
 class _Error(msgspec.Struct, gc=False):
@@ -99,6 +103,8 @@ class _Error(msgspec.Struct, gc=False):
     endpoint: str
     outcome: str
     http_status: int | None
+    worker: int
+    t: float
 
 
 class LivePublisher:
@@ -150,12 +156,21 @@ class LivePublisher:
             self._append(b"".join([self._lines(now, event) for now, event in pending]))
 
     def _lines(self, when: float, event: Started | Finished) -> bytes:
+        """`<t> <kind> <the event's JSON object, with "worker" and "t" last>` for each of the event's lines."""
         now = round(when, 3)
+        worker = self.worker
         if type(event) is Started:
             data = _Started(
-                event.request_id, event.key_name, event.provider, event.dialect, event.model, event.endpoint
+                event.request_id,
+                event.key_name,
+                event.provider,
+                event.dialect,
+                event.model,
+                event.endpoint,
+                worker,
+                now,
             )
-            return self._line(now, b"request_started", data)
+            return b"%.3f request_started %s\n" % (now, _encode(data))
         assert type(event) is Finished
         r = event.record
         usage = _Usage(
@@ -172,17 +187,31 @@ class LivePublisher:
             r.usage_status,
             r.cost,
             r.cost_status,
+            worker,
+            now,
         )
-        lines = [self._line(now, b"usage", usage)]
-        if r.outcome != "completed":
-            error = _Error(r.request_id, r.time, r.provider, r.model, r.endpoint, r.outcome, r.http_status)
-            lines.append(self._line(now, b"error", error))
-        lines.append(self._line(now, b"request_finished", access_line(event)))
-        return b"".join(lines)
-
-    def _line(self, now: float, kind: bytes, data: msgspec.Struct) -> bytes:
-        """`<t> <kind> <the event's JSON object, with "worker" and "t" last>`."""
-        return b'%.3f %s %s,"worker":%d,"t":%s}\n' % (now, kind, _encode(data)[:-1], self.worker, _encode(now))
+        # The access line is a public contract of its own, without these two fields: they are spliced in.
+        access = _encode(access_line(event))[:-1]
+        if r.outcome == "completed":
+            return b'%.3f usage %s\n%.3f request_finished %s,"worker":%d,"t":%s}\n' % (
+                now,
+                _encode(usage),
+                now,
+                access,
+                worker,
+                _encode(now),
+            )
+        error = _Error(r.request_id, r.time, r.provider, r.model, r.endpoint, r.outcome, r.http_status, worker, now)
+        return b'%.3f usage %s\n%.3f error %s\n%.3f request_finished %s,"worker":%d,"t":%s}\n' % (
+            now,
+            _encode(usage),
+            now,
+            _encode(error),
+            now,
+            access,
+            worker,
+            _encode(now),
+        )
 
     def _append(self, data: bytes) -> None:
         try:

@@ -55,6 +55,7 @@ GAP_BUCKETS_S = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 3
 # Distinct model label values per process before the rest are counted as "other" (a bound on series).
 MAX_MODELS = 200
 MAX_SERIES_CACHED = 4 * MAX_MODELS
+MAX_CHILDREN_CACHED = 64 * MAX_MODELS
 SAMPLE_INTERVAL_S = 1.0
 TOKEN_KINDS = ("input", "output", "cached", "cache_write", "reasoning")
 
@@ -178,6 +179,7 @@ class Metrics:
         self._gc_pause_by_generation = [self.gc_pause.labels(str(generation)) for generation in range(3)]
         self._models: set[str] = set()
         self._series: dict[tuple[str, str], _Series] = {}
+        self._children: dict[tuple[Counter, tuple[str, ...]], Counter] = {}
         self._failures_seen = 0
 
     # The observer seam.
@@ -196,7 +198,7 @@ class Metrics:
         endpoint = record.endpoint
         if model and model in endpoint:
             endpoint = endpoint.replace(model, "{model}")
-        self.requests.labels(provider, series.model, endpoint, record.outcome).inc()
+        self._child(self.requests, (provider, series.model, endpoint, record.outcome)).inc()
         if event.ttfb_s is not None:
             series.ttfb.observe(event.ttfb_s)
         if event.streaming:
@@ -220,8 +222,19 @@ class Metrics:
         elif record.cost_status == "unpriced":
             series.unpriced.inc()
         if event.attempts > 1:
-            self.attempts.labels("", "failed_over").inc(event.attempts - 1)
-        self.attempts.labels(provider, attempt_result(event)).inc()
+            self._child(self.attempts, ("", "failed_over")).inc(event.attempts - 1)
+        self._child(self.attempts, (provider, attempt_result(event))).inc()
+
+    def _child(self, metric: Counter, labels: tuple[str, ...]) -> Counter:
+        """`metric.labels(*labels)`, remembered: `labels()` checks and converts its arguments and takes a lock on
+        every call, which was most of what counting a request cost."""
+        key = (metric, labels)
+        child = self._children.get(key)
+        if child is None:
+            child = metric.labels(*labels)
+            if len(self._children) < MAX_CHILDREN_CACHED:  # past it, looked up each time
+                self._children[key] = child
+        return child
 
     def _new_series(self, provider: str, model: str) -> _Series:
         """The children of one (provider, model), looked up once rather than on every request (`labels()` was a
