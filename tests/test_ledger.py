@@ -9,11 +9,13 @@ import pathlib
 import sqlite3
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from proxy.__main__ import main
-from proxy.ledger import FIELDS, Ledger, LedgerRecord, SQLiteBackend, open_ledger
+from proxy.exchange import utc_now_iso
+from proxy.ledger import FIELDS, Ledger, LedgerRecord, SQLiteBackend, open_ledger, utc_iso
 from proxy.usage_cli import run
 from tests.pg import pg_bin, postgres_server
 
@@ -241,3 +243,16 @@ def test_a_ledger_from_before_attempts_gains_the_column(tmp_path: pathlib.Path) 
     rows = SQLiteBackend(path).query(None, None)
     assert [r.attempts for r in rows] == [1, 1]
     assert rows[0].request_id == old.request_id
+
+
+def test_a_requests_start_time_is_now_in_the_ledgers_one_format() -> None:
+    """`time` is formatted once a second plus the microseconds: the same text `utc_iso` gives, and the same
+    moment (a clock read as a float may be a microsecond behind datetime's)."""
+    for _ in range(3):
+        before = datetime.now(UTC)
+        stamp = utc_now_iso()
+        after = datetime.now(UTC)
+        moment = datetime.fromisoformat(stamp)
+        assert utc_iso(moment) == stamp and stamp.endswith("+00:00") and len(stamp) == 32
+        assert before - timedelta(microseconds=2) <= moment <= after
+        time.sleep(0.4)  # across a second's turn, once in a while
