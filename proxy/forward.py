@@ -29,6 +29,7 @@ from proxy import client_connection
 from proxy import headers as h
 from proxy import upstream as up
 from proxy.asgi_types import Receive, Scope, Send
+from proxy.deadline import Deadline
 from proxy.errors import (
     BadRequest,
     HeadersTooLarge,
@@ -95,7 +96,7 @@ async def handle(state: ProxyState, scope: Scope, receive: Receive, send: Send) 
         _refuse_ambiguous_framing(ex, scope)
         body_timeout_s = state.config.server.body_timeout_s
         try:
-            async with asyncio.timeout(body_timeout_s):
+            with Deadline(body_timeout_s):
                 body = await read_body(receive, scope, state.config.server.max_body_bytes)
         except TimeoutError:
             raise RequestTimeout(f"The request body did not arrive within {body_timeout_s:g} s.") from None
@@ -213,7 +214,7 @@ async def open_with_failover(
             ex.sent_upstream = True
             _tell_started(state, ex)
         try:
-            async with asyncio.timeout(upstream.provider.first_byte_timeout_s):
+            with Deadline(upstream.provider.first_byte_timeout_s):
                 response = await up.open_stream(state.client, outgoing, upstream.provider)
         except TimeoutError:
             error: UpstreamError = UpstreamTimeout("no response head from the upstream provider in time")
