@@ -21,11 +21,12 @@ from typing import Any
 import httpx
 import openai
 import pytest
+from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from proxy.demo import DEMO_TEXT
 from proxy.ledger import Ledger, LedgerRecord, SQLiteBackend
-from proxy.metrics import MAX_MODELS, Metrics
+from proxy.metrics import FLUSH_AFTER_S, FLUSH_EVENTS, MAX_MODELS, Metrics
 from proxy.observe import Finished, Started
 from tests.servers import CLIENT_KEY, UPSTREAM_KEY_ENV, UPSTREAM_SECRET, Script, Stack, free_port, start_stack
 from tests.test_cli import ROOT, Served, wait_until_serving
@@ -258,6 +259,45 @@ def test_labels_are_bounded_and_paths_do_not_repeat_the_model() -> None:
     assert value(text, "teeproxy_active_requests") == 0
 
 
+def test_requests_are_counted_together_soon_after_and_before_every_scrape() -> None:
+    """In the event loop a request is noted, and counted with the others within FLUSH_AFTER_S (or FLUSH_EVENTS),
+    always before a scrape is rendered; the batch's sums are the requests' own."""
+
+    def counted(metrics: Metrics) -> tuple[float, float, float, float]:
+        assert metrics.registry is not None
+        text = generate_latest(metrics.registry).decode()  # what a scrape elsewhere would see: no flush first
+        return (
+            value(text, "teeproxy_requests_total"),
+            value(text, "teeproxy_tokens_total", kind="output"),
+            value(text, "teeproxy_time_to_first_byte_seconds_count"),
+            value(text, "teeproxy_active_requests"),
+        )
+
+    def one(metrics: Metrics, finish: bool = True) -> None:
+        rec = record(output_tokens=7)
+        metrics.request_started(Started("r", "k", "p", "openai", rec.model or "", rec.endpoint))
+        if finish:
+            metrics.request_finished(Finished(rec, "openai", 1, 0.001, 0.002, True))
+
+    async def main() -> None:
+        metrics = Metrics()
+        for _ in range(3):
+            one(metrics)
+        one(metrics, finish=False)
+        assert counted(metrics) == (0, 0, 0, 0)  # noted, not yet counted
+        await asyncio.sleep(2 * FLUSH_AFTER_S)
+        assert counted(metrics) == (3, 21, 3, 1)
+        one(metrics)
+        text = metrics.render().decode()  # a scrape this worker serves counts what it noted first
+        assert value(text, "teeproxy_requests_total") == 4 and value(text, "teeproxy_active_requests") == 1
+        for _ in range(FLUSH_EVENTS):
+            one(metrics)
+        assert counted(metrics)[0] == 4 + FLUSH_EVENTS  # a full batch is counted at once
+        metrics.close()
+
+    asyncio.run(main())
+
+
 class FlakyBackend(SQLiteBackend):
     """A real SQLite ledger whose writes fail until `heal` is set."""
 
@@ -398,6 +438,7 @@ def test_two_workers_metrics_merge_both_workers(tmp_path: pathlib.Path) -> None:
         per_worker = {w: sum(e["worker"] == w for e in finished) for w in {e["worker"] for e in finished}}
         assert len(per_worker) == 2 and max(per_worker.values()) < total
         words = len(DEMO_TEXT.split(" "))
+        time.sleep(2 * FLUSH_AFTER_S)  # a worker counts what it noted within FLUSH_AFTER_S
         for _ in range(6):  # fresh connections: scrapes land on either worker
             text = httpx.get(f"http://127.0.0.1:{served.port}/metrics", headers={"connection": "close"}).text
             by = {"provider": "demo", "model": "gpt-4o-mini"}
