@@ -27,8 +27,11 @@ few thousand requests per worker, whichever is shorter. A tail that slept throug
 miss the middle one: at one poll per `POLL_INTERVAL_S` that takes some 8,000 requests per second from a single
 worker. The live view is a view: the ledger is the record.
 
-A line on file is `<t> <event type> <json>\\n`: the tailer passes the JSON through as the SSE `data:` without
-decoding it, and reads only `t` to filter the history.
+A line on file is `<t> S <json>\\n` for a request that started and `<t> F <json>\\n` for one that finished: the
+observer seam's own event (`proxy.observe.Started`, `Finished`), encoded as it is, in one call. The tail makes the
+typed events of it (`request_started`; `usage`, `error`, `request_finished`), with `worker` from the file's name
+and `t` from the line: the publisher, on every request of every worker, does the least work, and the tail, for
+the few who watch, the rest. It reads only `t` to filter the history.
 """
 
 from __future__ import annotations
@@ -49,12 +52,12 @@ from proxy.observe import Finished, Started
 log = logging.getLogger("teeproxy")
 
 LIVE_DIR_ENV = "TEEPROXY_LIVE_DIR"
-# Per worker file, before it rotates: ~1.2 KiB per request, so about 1,700 requests in each of two files.
+# Per worker file, before it rotates: ~1 KiB per request, so about 2,000 requests in each of two files.
 MAX_FILE_BYTES = 2 * 1024 * 1024
 POLL_INTERVAL_S = 0.2
 # A publisher's events wait at most this long in its buffer (or until it holds FLUSH_EVENTS), then one write().
 FLUSH_AFTER_S = 0.05
-FLUSH_EVENTS = 200  # about a hundred requests: some 120 KiB of lines
+FLUSH_EVENTS = 200  # about a hundred requests: some 100 KiB of lines
 HISTORY_S = 3600.0
 # An SSE comment this often while nothing happens, so idle connections stay open through other proxies.
 KEEPALIVE_S = 15.0
@@ -156,62 +159,7 @@ class LivePublisher:
             self._append(b"".join([self._lines(now, event) for now, event in pending]))
 
     def _lines(self, when: float, event: Started | Finished) -> bytes:
-        """`<t> <kind> <the event's JSON object, with "worker" and "t" last>` for each of the event's lines."""
-        now = round(when, 3)
-        worker = self.worker
-        if type(event) is Started:
-            data = _Started(
-                event.request_id,
-                event.key_name,
-                event.provider,
-                event.dialect,
-                event.model,
-                event.endpoint,
-                worker,
-                now,
-            )
-            return b"%.3f request_started %s\n" % (now, _encode(data))
-        assert type(event) is Finished
-        r = event.record
-        usage = _Usage(
-            r.request_id,
-            r.time,
-            r.key_name,
-            r.provider,
-            r.model,
-            r.input_tokens,
-            r.cached_tokens,
-            r.cache_write_tokens,
-            r.output_tokens,
-            r.reasoning_tokens,
-            r.usage_status,
-            r.cost,
-            r.cost_status,
-            worker,
-            now,
-        )
-        # The access line is a public contract of its own, without these two fields: they are spliced in.
-        access = _encode(access_line(event))[:-1]
-        if r.outcome == "completed":
-            return b'%.3f usage %s\n%.3f request_finished %s,"worker":%d,"t":%s}\n' % (
-                now,
-                _encode(usage),
-                now,
-                access,
-                worker,
-                _encode(now),
-            )
-        error = _Error(r.request_id, r.time, r.provider, r.model, r.endpoint, r.outcome, r.http_status, worker, now)
-        return b'%.3f usage %s\n%.3f error %s\n%.3f request_finished %s,"worker":%d,"t":%s}\n' % (
-            now,
-            _encode(usage),
-            now,
-            _encode(error),
-            now,
-            access,
-            worker,
-            _encode(now),
-        )
+        return b"%.3f %s %s\n" % (when, b"S" if type(event) is Started else b"F", _encode(event))
 
     def _append(self, data: bytes) -> None:
         try:
@@ -234,6 +182,52 @@ class LivePublisher:
         self.flush()
         with contextlib.suppress(OSError):
             os.close(self._fd)
+
+
+_decode_started = msgspec.json.Decoder(Started).decode
+_decode_finished = msgspec.json.Decoder(Finished).decode
+
+
+def _worker(name: str) -> int | None:
+    """The worker a file in the live directory is from (`<pid>.jsonl`); None for a file of another name."""
+    pid = name[: -len(SUFFIX)]
+    return int(pid) if pid.isdigit() else None
+
+
+def _typed_events(worker: int, t: float, kind: bytes, data: bytes) -> bytes:
+    """The SSE events of one line on file: each event's JSON object with `worker` and `t` last."""
+    if kind == b"S":
+        s = _decode_started(data)
+        started = _Started(s.request_id, s.key_name, s.provider, s.dialect, s.model, s.endpoint, worker, t)
+        return b"event: request_started\ndata: %s\n\n" % _encode(started)
+    if kind != b"F":
+        raise ValueError("not a line this module wrote")
+    event = _decode_finished(data)
+    r = event.record
+    usage = _Usage(
+        r.request_id,
+        r.time,
+        r.key_name,
+        r.provider,
+        r.model,
+        r.input_tokens,
+        r.cached_tokens,
+        r.cache_write_tokens,
+        r.output_tokens,
+        r.reasoning_tokens,
+        r.usage_status,
+        r.cost,
+        r.cost_status,
+        worker,
+        t,
+    )
+    out = b"event: usage\ndata: %s\n\n" % _encode(usage)
+    if r.outcome != "completed":
+        error = _Error(r.request_id, r.time, r.provider, r.model, r.endpoint, r.outcome, r.http_status, worker, t)
+        out += b"event: error\ndata: %s\n\n" % _encode(error)
+    # The access line is a public contract of its own, without these two fields: they are spliced in.
+    access = _encode(access_line(event))[:-1]
+    return out + b'event: request_finished\ndata: %s,"worker":%d,"t":%s}\n\n' % (access, worker, _encode(t))
 
 
 class _Follow:
@@ -293,7 +287,7 @@ class LiveTail:
 
     def poll(self) -> bytes:
         try:
-            names = sorted(n for n in os.listdir(self.directory) if n.endswith(SUFFIX))
+            names = sorted(n for n in os.listdir(self.directory) if n.endswith(SUFFIX) and _worker(n) is not None)
         except FileNotFoundError:
             names = []
         out: list[bytes] = []
@@ -304,13 +298,13 @@ class LiveTail:
                 if self._first:
                     # Opened before the rotated file is read: a rotation in between repeats events (the page
                     # drops repeats by request id) rather than losing them.
-                    out.extend(self._history(path + ".1", follow.inode))
+                    out.extend(self._history(path + ".1", follow.inode, _worker(name) or 0))
         self._first = False
-        for follow in self._follows.values():
-            out.extend(self._events(follow.lines()))
+        for name, follow in self._follows.items():
+            out.extend(self._events(follow.lines(), _worker(name) or 0))
         return b"".join(out)
 
-    def _history(self, path: str, following: int) -> list[bytes]:
+    def _history(self, path: str, following: int, worker: int) -> list[bytes]:
         try:
             with open(path, "rb") as file:
                 if os.fstat(file.fileno()).st_ino == following:
@@ -318,19 +312,20 @@ class LiveTail:
                 data = file.read()
         except FileNotFoundError:
             return []
-        return self._events(data.split(b"\n")[:-1])  # the last piece is empty, or a line cut short
+        return self._events(data.split(b"\n")[:-1], worker)  # the last piece is empty, or a line cut short
 
-    def _events(self, lines: list[bytes]) -> list[bytes]:
+    def _events(self, lines: list[bytes], worker: int) -> list[bytes]:
         out = []
         for line in lines:
             stamp, _, rest = line.partition(b" ")
             kind, _, data = rest.partition(b" ")
             try:
-                if float(stamp) < self.since:
+                t = float(stamp)
+                if t < self.since:
                     continue
-            except ValueError:
-                continue  # not a line this module wrote
-            out.append(b"event: %s\ndata: %s\n\n" % (kind, data))
+                out.append(_typed_events(worker, t, kind, data))
+            except ValueError:  # not a line this module wrote (msgspec's errors are ValueErrors too)
+                continue
         return out
 
     def close(self) -> None:

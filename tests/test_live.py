@@ -104,7 +104,7 @@ def test_files_are_bounded_and_the_tail_follows_rotation(tmp_path: pathlib.Path)
     late = [data["request_id"] for kind, data in subscribe(tmp_path) if kind == "usage"]
     assert 2 < len(late) < 12 and late == [f"r{i}" for i in range(60 - len(late), 60)]
     # ... and only those from `since` on.
-    cut = json.loads((tmp_path / files[0]).read_bytes().split(b"\n")[0].split(b" ", 2)[2])["t"]
+    cut = float((tmp_path / files[0]).read_bytes().split(b" ", 1)[0])  # a line starts with its time
     recent = subscribe(tmp_path, since=cut)
     assert recent and all(data["t"] >= cut for _, data in recent)
     tail.close()
@@ -122,10 +122,10 @@ def test_in_the_event_loop_lines_are_written_together_soon_after(tmp_path: pathl
             publish(publisher, f"r{i}")
         assert path.stat().st_size == 0  # buffered, not yet written
         await asyncio.sleep(FLUSH_AFTER_S * 4)
-        assert path.read_bytes().count(b"\n") == 60
+        assert path.read_bytes().count(b"\n") == 40  # a line when each started, one when it finished
         publish(publisher, "last")
         publisher.close()
-        assert path.read_bytes().count(b"\n") == 63
+        assert path.read_bytes().count(b"\n") == 42
 
     asyncio.run(main())
     assert FLUSH_AFTER_S < POLL_INTERVAL_S
