@@ -21,8 +21,10 @@ from decimal import Decimal
 from typing import Any
 
 import httpx
+import msgspec
 import pytest
 
+from proxy.access_log import access_line
 from proxy.ledger import SQLiteBackend
 from proxy.live import FLUSH_AFTER_S, POLL_INTERVAL_S, LivePublisher, LiveTail
 from proxy.observe import Finished, Started
@@ -82,6 +84,9 @@ def test_each_request_publishes_typed_events_in_order(tmp_path: pathlib.Path) ->
     assert all(data["worker"] == os.getpid() and data["t"] > 0 for _, data in events)
     assert events[5][1]["outcome"] == "upstream_error"
     assert events[1][1]["cost_usd"] == "0.5" and events[1][1]["output_tokens"] == 1
+    # request_finished is the access log's line, field for field, then worker and t.
+    line = json.loads(msgspec.json.encode(access_line(Finished(record(request_id="a"), "openai", 1, 0.01, None, True))))
+    assert list(events[2][1]) == [*line, "worker", "t"] and {k: events[2][1][k] for k in line} == line
     assert tail.poll() == b""  # nothing new
     tail.close()
     publisher.close()
