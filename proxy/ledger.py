@@ -155,7 +155,7 @@ class RecordFilter(msgspec.Struct, frozen=True, kw_only=True):
 
 
 def _row(record: LedgerRecord) -> tuple[Any, ...]:
-    return tuple(getattr(record, name) for name in FIELDS)
+    return msgspec.structs.astuple(record)  # FIELDS' order: they are the Struct's fields
 
 
 def _record(row: tuple[Any, ...]) -> LedgerRecord:
