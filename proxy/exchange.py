@@ -9,11 +9,11 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from proxy import headers as h
 from proxy.asgi_types import Scope
+from proxy.ledger import utc_now_iso
 from proxy.metering import Meter
 from proxy.providers import DEFAULT
 from proxy.providers.base import Dialect, Route, Upstream
@@ -75,20 +75,6 @@ def new_exchange(scope: Scope) -> Exchange:
         started_time=utc_now_iso(),
         endpoint_path=scope["path"],
     )
-
-
-_second_formatted: tuple[int, str] = (-1, "")
-
-
-def utc_now_iso() -> str:
-    """Now as `ledger.utc_iso` writes it (`2026-01-02T03:04:05.678901+00:00`); the date and time of day are
-    formatted once a second, not for every request."""
-    global _second_formatted
-    now = time.time()
-    second = int(now)
-    if _second_formatted[0] != second:
-        _second_formatted = (second, datetime.fromtimestamp(second, UTC).isoformat()[:19])
-    return f"{_second_formatted[1]}.{int((now - second) * 1_000_000):06d}+00:00"
 
 
 def identity_headers(ex: Exchange) -> h.Headers:

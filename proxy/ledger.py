@@ -23,6 +23,7 @@ import decimal
 import logging
 import os
 import sqlite3
+import time
 import urllib.parse
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -112,6 +113,20 @@ def _schema(postgres: bool) -> list[str]:
 def utc_iso(moment: datetime) -> str:
     """The one time format in the ledger: it sorts as text."""
     return moment.astimezone(UTC).isoformat(timespec="microseconds")
+
+
+_second_formatted: tuple[int, str] = (-1, "")
+
+
+def utc_now_iso() -> str:
+    """Now as `ledger.utc_iso` writes it (`2026-01-02T03:04:05.678901+00:00`); the date and time of day are
+    formatted once a second, not for every request."""
+    global _second_formatted
+    now = time.time()
+    second = int(now)
+    if _second_formatted[0] != second:
+        _second_formatted = (second, datetime.fromtimestamp(second, UTC).isoformat()[:19])
+    return f"{_second_formatted[1]}.{int((now - second) * 1_000_000):06d}+00:00"
 
 
 def normalize_time(value: str) -> str:

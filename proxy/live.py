@@ -47,6 +47,7 @@ from typing import BinaryIO
 import msgspec
 
 from proxy.access_log import access_line
+from proxy.flush_soon import FlushSoon
 from proxy.observe import Finished, Started
 
 log = logging.getLogger("teeproxy")
@@ -125,7 +126,7 @@ class LivePublisher:
         self._size = os.fstat(self._fd).st_size
         self._failed = False
         self._pending: list[tuple[float, Started | Finished]] = []
-        self._flush_handle: asyncio.TimerHandle | None = None
+        self._soon = FlushSoon(self.flush, FLUSH_AFTER_S)
 
     def _open(self) -> int:
         return os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
@@ -138,22 +139,14 @@ class LivePublisher:
 
     def _note(self, event: Started | Finished) -> None:
         self._pending.append((time.time(), event))
-        if self._flush_handle is not None:  # a write is already due
-            if len(self._pending) >= FLUSH_EVENTS:
-                self.flush()
-            return
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:  # no event loop (a script, a test): straight to the file
+        if len(self._pending) >= FLUSH_EVENTS:
             self.flush()
-            return
-        self._flush_handle = loop.call_later(FLUSH_AFTER_S, self.flush)
+        else:
+            self._soon.due()
 
     def flush(self) -> None:
         """The buffered events to the file, now."""
-        if self._flush_handle is not None:
-            self._flush_handle.cancel()
-            self._flush_handle = None
+        self._soon.ran()
         if self._pending:
             pending, self._pending = self._pending, []
             self._append(b"".join([self._lines(now, event) for now, event in pending]))
@@ -233,8 +226,9 @@ def _typed_events(worker: int, t: float, kind: bytes, data: bytes) -> bytes:
 class _Follow:
     """One worker's file, read from where the last read ended; switches to the new file when it rotates."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, worker: int) -> None:
         self.path = path
+        self.worker = worker  # the pid the file is named for: each event says which worker it is from
         self.file: BinaryIO | None = None
         self.inode = -1
         self.pending = b""
@@ -287,21 +281,22 @@ class LiveTail:
 
     def poll(self) -> bytes:
         try:
-            names = sorted(n for n in os.listdir(self.directory) if n.endswith(SUFFIX) and _worker(n) is not None)
+            names = sorted(n for n in os.listdir(self.directory) if n.endswith(SUFFIX))
         except FileNotFoundError:
             names = []
         out: list[bytes] = []
         for name in names:
-            if name not in self._follows:
+            worker = _worker(name)
+            if name not in self._follows and worker is not None:
                 path = os.path.join(self.directory, name)
-                follow = self._follows[name] = _Follow(path)
+                follow = self._follows[name] = _Follow(path, worker)
                 if self._first:
                     # Opened before the rotated file is read: a rotation in between repeats events (the page
                     # drops repeats by request id) rather than losing them.
-                    out.extend(self._history(path + ".1", follow.inode, _worker(name) or 0))
+                    out.extend(self._history(path + ".1", follow.inode, worker))
         self._first = False
-        for name, follow in self._follows.items():
-            out.extend(self._events(follow.lines(), _worker(name) or 0))
+        for follow in self._follows.values():
+            out.extend(self._events(follow.lines(), follow.worker))
         return b"".join(out)
 
     def _history(self, path: str, following: int, worker: int) -> list[bytes]:

@@ -32,7 +32,6 @@ Models are only those a route accepted, but a glob route accepts any name, so ea
 
 from __future__ import annotations
 
-import asyncio
 import os
 from collections import defaultdict
 from dataclasses import dataclass
@@ -49,6 +48,7 @@ from prometheus_client import (
     values,
 )
 
+from proxy.flush_soon import FlushSoon
 from proxy.ledger import Ledger
 from proxy.observe import Finished, Started
 
@@ -193,36 +193,24 @@ class Metrics:
         self._failures_seen = 0
         self._started = 0
         self._finished: list[Finished] = []
-        self._flush_handle: asyncio.TimerHandle | None = None
+        self._soon = FlushSoon(self.flush, FLUSH_AFTER_S)
 
     # The observer seam.
 
     def request_started(self, event: Started) -> None:
         self._started += 1
-        self._flush_soon()
+        self._soon.due()
 
     def request_finished(self, event: Finished) -> None:
         self._finished.append(event)
         if len(self._finished) >= FLUSH_EVENTS:
             self.flush()
         else:
-            self._flush_soon()
-
-    def _flush_soon(self) -> None:
-        if self._flush_handle is not None:
-            return
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:  # no event loop (a script, a test): counted now
-            self.flush()
-            return
-        self._flush_handle = loop.call_later(FLUSH_AFTER_S, self.flush)
+            self._soon.due()
 
     def flush(self) -> None:
         """The noted events into the instruments, now."""
-        if self._flush_handle is not None:
-            self._flush_handle.cancel()
-            self._flush_handle = None
+        self._soon.ran()
         started, finished = self._started, self._finished
         self._started, self._finished = 0, []
         if started != len(finished):

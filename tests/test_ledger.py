@@ -14,8 +14,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from proxy.__main__ import main
-from proxy.exchange import utc_now_iso
-from proxy.ledger import FIELDS, Ledger, LedgerRecord, SQLiteBackend, open_ledger, utc_iso
+from proxy.ledger import FIELDS, Ledger, LedgerRecord, SQLiteBackend, open_ledger, utc_iso, utc_now_iso
 from proxy.usage_cli import run
 from tests.pg import pg_bin, postgres_server
 
