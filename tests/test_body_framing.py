@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from proxy.parsers.body import BodyError, ChunkedBody, CloseBody, LengthBody, reader_for
@@ -40,6 +40,9 @@ def test_chunked_gives_the_same_body_however_the_input_is_cut(
 
 @settings(max_examples=200, deadline=None)
 @given(pieces, cuts, st.binary(min_size=1, max_size=40))
+@example([b"data: 1\n\n"], [], b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
+@example([b"x\r\n"], [], b"\r\n\r\n")
+@example([b"x"], [3, 4, 5, 6, 7, 8, 9], b"\r\n")
 def test_bytes_after_the_last_chunk_are_kept_apart_never_body(
     body_pieces: list[bytes], where: list[int], after: bytes
 ) -> None:
@@ -110,7 +113,9 @@ def test_a_read_of_many_chunks_is_one_piece() -> None:
         b"2\nab\r\n0\r\n\r\n",  # a bare LF ends no size line
         b"\r\nab\r\n0\r\n\r\n",  # an empty size
         b"11111111111111111\r\n",  # more than 16 hex digits
-        b"1" * 5000,  # a size line past the limit
+        b"1" * 5000,  # a size past 64 bits
+        b"2;na me\r\nab\r\n0\r\n\r\n",  # an extension name that is not a token
+        b"2\r\nab\r\n0\r\nno-colon\r\n\r\n",  # a trailer line that is no field
     ],
 )
 def test_broken_chunked_framing_is_an_error_and_the_reader_is_spent(wire: bytes) -> None:
@@ -120,6 +125,14 @@ def test_broken_chunked_framing_is_an_error_and_the_reader_is_spent(wire: bytes)
         reader.close()
     with pytest.raises(BodyError):
         reader.feed(b"0\r\n\r\n")
+
+
+def test_extensions_and_trailers_stream_through_however_long() -> None:
+    # Nothing of them is held between reads, so no length limit is needed: they are checked and dropped.
+    wire = chunked([b"hello"], b";name=" + b"v" * 100_000, b"x-long: " + b"w" * 100_000 + b"\r\n")
+    reader = ChunkedBody()
+    assert feed_all(reader, [wire[i : i + 4096] for i in range(0, len(wire), 4096)]) == b"hello"
+    assert reader.done and reader.extra == b""
 
 
 def test_a_chunked_body_cut_before_its_last_chunk_is_an_error() -> None:
