@@ -261,6 +261,48 @@ def test_frame_aligned_chunks_take_the_fast_path_and_agree(shared_fixtures: path
         check(row, m)
 
 
+_USAGE_ONLY = b'data: {"choices":[],"usage":{"prompt_tokens":7,"completion_tokens":3}}\n\n'
+_FRAMES = st.sampled_from(
+    [
+        b'data: {"choices":[{"index":0,"delta":{"content":"hi"}}],"usage":null}\n\n',
+        _USAGE_ONLY,
+        b'data: {"choices":[{"index":0}],"usage":{"prompt_tokens":5,"completion_tokens":1}}\n\n',
+        b'data:{"choices":[],"usage":{"prompt_tokens":9}}\n\n',  # no space after the colon
+        b'data: {"choices":[],"usage":{"prompt_tokens":"x"}}\n\n',  # undecodable usage
+        b"data: [DONE]\n\n",
+        b"data: [DONE]\r\n\r\n",
+        b": keep-alive\n\n",
+        b"event: x\ndata: " + _USAGE_ONLY[6:],
+        b"id: 4\n" + _USAGE_ONLY,
+        b"data: a\ndata: b\n\n",
+        b"data: a\r\n\n",
+        b"data:\n\n",
+    ]
+)
+
+
+def filtered(frames: list[bytes], sizes: list[int], strip: bool) -> tuple[bytes, tuple[Any, ...]]:
+    body = b"".join(frames)
+    out, m = run_filter(body, sizes, strip, None)
+    return out, (m.usage, m.status, m.finished)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_FRAMES, max_size=12), st.lists(st.integers(min_value=1, max_value=400), max_size=8), st.booleans())
+def test_the_last_frames_read_where_they_lie_give_what_the_parser_gives(
+    frames_: list[bytes], sizes: list[int], strip: bool
+) -> None:
+    # A read from a frame boundary takes the filter's fast path (frames of one `data:` line read in place, the rest
+    # by the parser); a byte at a time never holds a whole frame, so the parser reads everything. They must agree
+    # on the bytes out and on the meter's reading, however the stream is cut.
+    body = b"".join(frames_)
+    by_parser = filtered(frames_, [1] * len(body), strip)
+    assert filtered(frames_, [len(body)], strip) == by_parser
+    assert filtered(frames_, sizes, strip) == by_parser
+    assert (_USAGE_ONLY[6:] in by_parser[0]) == (not strip and _USAGE_ONLY[6:] in body)
+    assert strip or by_parser[0] == body
+
+
 @settings(max_examples=200, deadline=None)
 @given(
     st.lists(

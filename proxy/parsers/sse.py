@@ -64,6 +64,24 @@ class SSEEvent(msgspec.Struct, frozen=True, gc=False):
     end: int = 0
 
 
+def data_frame(buf: bytes, pos: int) -> tuple[int, int] | None:
+    """The frame at `pos` (a frame boundary) when it is one `data:` line ending in LF LF, with no CR, within
+    `MAX_LINE_BYTES` (how nearly every provider writes them): where its data starts and ends; the next frame starts
+    2 bytes after that end. None for a frame of any other shape, or an unfinished one. `SSEParser` gives such a
+    frame as an event of that data and type "message" (`_data_frames` is the same test)."""
+    if not buf.startswith(b"data:", pos):
+        return None
+    end = buf.find(b"\n", pos)
+    if end < 0 or end + 1 == len(buf) or buf[end + 1] != 0x0A or end - pos > MAX_LINE_BYTES:
+        return None
+    if buf.find(b"\r", pos, end) >= 0:
+        return None
+    start = pos + 5
+    if start < end and buf[start] == 0x20:
+        start += 1
+    return start, end
+
+
 class SSEParser:
     def __init__(self) -> None:
         # Bytes not yet consumed: the pieces of at most one partial line. It may end in a CR (a line end whose
@@ -121,10 +139,10 @@ class SSEParser:
         """Account for the next `size` bytes without parsing them: whole frames the caller has no use for.
 
         Only valid `at_boundary` with those bytes ending in a blank line (LF LF) and no more than `MAX_LINE_BYTES`
-        of them: then the stream is at a frame boundary again afterwards, as if they had been fed and their events
-        ignored (their `id:` and `retry:` fields too), and feeding them could not have raised FrameError either, so
-        skipping never makes the outcome depend on how the stream was chunked. (A count, not the bytes: a slice
-        of a large read would be a copy made for nothing.)
+        of them, or whole frames each of which `data_frame` read: then the stream is at a frame boundary again
+        afterwards, as if they had been fed and their events ignored (their `id:` and `retry:` fields too), and
+        feeding them could not have raised FrameError either, so skipping never makes the outcome depend on how the
+        stream was chunked. (A count, not the bytes: a slice of a large read would be a copy made for nothing.)
         """
         self._at_start = False  # a BOM, if the stream had one, was in the skipped frames
         self._base += size

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from proxy.errors import MethodNotAllowed, ProxyError
-from proxy.parsers.sse import MAX_LINE_BYTES, FrameError, SSEEvent, SSEParser
+from proxy.parsers.sse import MAX_LINE_BYTES, FrameError, SSEEvent, SSEParser, data_frame
 from proxy.providers.base import (
     FrameFilter,
     Headers,
@@ -257,7 +257,10 @@ class OpenAIStreamMeter:
 
     def observe(self, event: SSEEvent) -> bool:
         """Take the usage from one event, if it has some. True when it is the usage-only chunk."""
-        data = event.data
+        return self.observe_data(event.data)
+
+    def observe_data(self, data: bytes) -> bool:
+        """`observe` for an event of this data (the meter reads nothing else of an event)."""
         if (_USAGE_MARKER not in data) if self._responses else (_usage_marker(data) < 0):
             if data == _DONE:
                 self.finished = True
@@ -331,11 +334,46 @@ class OpenAIFrameFilter:
                 self.meter.parser.skip(skip)
                 self._base += skip
                 return data
+            if self._make_comment is None and self.meter.parser.at_boundary:
+                return self._data_frames(data, skip)
             if skip:
                 self.meter.parser.skip(skip)
                 self._base += skip
                 return b"".join((memoryview(data)[:skip], self._feed(data[skip:])))
         return self._feed(data)
+
+    def _data_frames(self, data: bytes, pos: int) -> bytes:
+        """From a frame boundary at `pos` (the whole frames before it hold no marker): the frames a stream ends with
+        (its usage chunk, its [DONE]), read where they lie, as long as each is one `data:` line (`data_frame`).
+        They give the events the parser would, and the output `_release` would: every byte but the usage-only
+        chunk's when stripping. The first frame of another shape, or an unfinished one, and all after it go the
+        general way (`_feed`)."""
+        meter = self.meter
+        strip = self._strip
+        out: list[bytes | memoryview] | None = None  # None: every byte so far goes out
+        kept = 0  # where the bytes not yet in `out` start
+        while (frame := data_frame(data, pos)) is not None:
+            start, end = frame
+            usage_only = meter.observe_data(data[start:end])
+            if usage_only and strip:
+                if out is None:
+                    out = []
+                out.append(memoryview(data)[kept:pos])
+                kept = end + 2
+            pos = end + 2
+        if pos:
+            meter.parser.skip(pos)
+            self._base += pos
+        if pos < len(data):
+            rest = self._feed(data[pos:])
+            if out is None:  # nothing left out: everything before `pos` goes out as it came
+                return b"".join((memoryview(data)[:pos], rest)) if pos else rest
+            out += (memoryview(data)[kept:pos], rest)
+            return b"".join(out)
+        if out is None:
+            return data
+        out.append(memoryview(data)[kept:])
+        return b"".join(out)
 
     def _feed(self, data: bytes) -> bytes:
         self._pending += data
