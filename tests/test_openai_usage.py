@@ -281,10 +281,17 @@ _FRAMES = st.sampled_from(
 )
 
 
-def filtered(frames: list[bytes], sizes: list[int], strip: bool) -> tuple[bytes, tuple[Any, ...]]:
+def filtered(frames: list[bytes], sizes: list[int], strip: bool) -> tuple[bytes, tuple[Any, ...], tuple[Any, ...]]:
+    """The filter's output and reading, and the reading of a meter alone (no filter) fed the same pieces."""
     body = b"".join(frames)
     out, m = run_filter(body, sizes, strip, None)
-    return out, (m.usage, m.status, m.finished)
+    alone = OpenAIStreamMeter("chat")
+    pos = 0
+    for size in [*sizes, len(body)]:
+        alone.feed(body[pos : pos + size])
+        pos += size
+    alone.close()
+    return out, (m.usage, m.status, m.finished), (alone.usage, alone.status, alone.finished)
 
 
 @settings(max_examples=300, deadline=None)
@@ -292,13 +299,14 @@ def filtered(frames: list[bytes], sizes: list[int], strip: bool) -> tuple[bytes,
 def test_the_last_frames_read_where_they_lie_give_what_the_parser_gives(
     frames_: list[bytes], sizes: list[int], strip: bool
 ) -> None:
-    # A read from a frame boundary takes the filter's fast path (frames of one `data:` line read in place, the rest
-    # by the parser); a byte at a time never holds a whole frame, so the parser reads everything. They must agree
-    # on the bytes out and on the meter's reading, however the stream is cut.
+    # A read from a frame boundary takes the fast path (frames of one `data:` line read in place, the rest by the
+    # parser), in the filter and in a meter alone; a byte at a time never holds a whole frame, so the parser reads
+    # everything. They must agree on the bytes out and on the meter's reading, however the stream is cut.
     body = b"".join(frames_)
     by_parser = filtered(frames_, [1] * len(body), strip)
     assert filtered(frames_, [len(body)], strip) == by_parser
     assert filtered(frames_, sizes, strip) == by_parser
+    assert by_parser[1] == by_parser[2]
     assert (_USAGE_ONLY[6:] in by_parser[0]) == (not strip and _USAGE_ONLY[6:] in body)
     assert strip or by_parser[0] == body
 

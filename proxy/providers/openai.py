@@ -229,12 +229,20 @@ class OpenAIStreamMeter:
     def feed(self, data: bytes) -> None:
         if self._spent:
             return
-        skip = self.skippable(data)
-        if skip:
-            self.parser.skip(skip)
-            if skip == len(data):
-                return
-            data = data[skip:]
+        parser = self.parser
+        if parser.at_boundary:
+            # Whole frames without a marker are skipped; the frames after them that are one `data:` line (a
+            # stream's last ones, usually) are read where they lie, as `OpenAIFrameFilter._data_frames` does.
+            pos = self.skippable(data)
+            while (frame := data_frame(data, pos)) is not None:
+                start, end = frame
+                self.observe_data(data[start:end])
+                pos = end + 2
+            if pos:
+                parser.skip(pos)
+                if pos == len(data):
+                    return
+                data = data[pos:]
         try:
             events = self.parser.feed(data)
         except FrameError:
