@@ -75,9 +75,8 @@ class CloseBody:
 
 # A response head that frames what follows as chunked: the llhttp parser reads the body after it.
 _CHUNKED_HEAD = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
-_END = (
-    b"\r\n\r\n"  # a chunked body can only end where this does: the last chunk's line (or a trailer), then an empty line
-)
+# A chunked body can only end where this does: the last chunk's line (or its last trailer field), then an empty line.
+_END = b"\r\n\r\n"
 
 
 class _Sink:
@@ -94,9 +93,10 @@ class _Sink:
 class ChunkedBody:
     """`size[;ext] CRLF data CRLF` ... `0 CRLF [trailer fields] CRLF`, read by llhttp (through httptools, the
     parser uvicorn reads requests with): C, where a loop over the chunks in Python cost ~0.3 µs a chunk. It is
-    strict (llhttp's defaults, no leniency): hex sizes that fit 64 bits, CRLF line ends, chunk extensions that are
-    tokens or quoted strings; extensions and trailer fields are checked and dropped (they describe the hop, and
-    nothing in them is the client's). Nothing is held between reads but llhttp's own state, so no line limit is
+    strict, as llhttp is by default (hex sizes that fit 64 bits, CRLF line ends, chunk extensions that are tokens
+    or quoted strings) but for one leniency, whitespace before a chunk extension's `;`, which RFC 9112 allows.
+    Extensions and trailer fields are checked and dropped (they describe the hop, and nothing in them is the
+    client's). Nothing is held between reads but llhttp's own state, so no line limit is
     needed: a size line, an extension or a trailer section streams through, however long.
 
     The body ends at the LF of a CRLF CRLF; each read is given to llhttp up to each place one ends, so that what
@@ -108,7 +108,7 @@ class ChunkedBody:
         self._body: list[bytes] = []
         self._ends: list[None] = []
         self._parser = httptools.HttpResponseParser(_Sink(self._body, self._ends))
-        self._parser.set_dangerous_leniencies(lenient_spaces_after_chunk_size=True)  # BWS before `;` (§7.1.1)
+        self._parser.set_dangerous_leniencies(lenient_spaces_after_chunk_size=True)  # BWS before `;`, RFC 9112 §7.1.1
         self._parser.feed_data(_CHUNKED_HEAD)
         self._tail = b""  # the last bytes of the reads before, where a CRLF CRLF may have begun
         self._broken = False
