@@ -7,6 +7,7 @@ is held to the real captures in ../shared/fixtures: every field the demo sends a
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import pathlib
@@ -24,7 +25,7 @@ from botocore.config import Config as BotoConfig
 from google import genai
 from google.genai import types as genai_types
 
-from proxy.demo import DEMO_TEXT, DemoUpstream
+from proxy.demo import DEMO_TEXT, DemoUpstream, H11Server, Reply, Request
 from proxy.parsers.eventstream import EventStreamDecoder
 from tests.servers import LoopThread
 
@@ -481,3 +482,30 @@ def test_openai_n_choices_and_a_forced_tool_call(root_url: str) -> None:
     assert choice.message.tool_calls is not None and choice.message.tool_calls[0].function.name == "get_weather"
     assert streamed[-1].choices[0].finish_reason == "tool_calls"
     assert refused
+
+
+def test_closing_the_server_ends_a_handler_still_answering() -> None:
+    # A client that left mid-stream leaves its handler waiting; closing the server ends it there and then, so no
+    # task of the server outlives its loop (asyncio would report each as "destroyed but pending").
+    ended: list[str] = []
+
+    async def stalled(request: Request, reply: Reply) -> None:
+        await reply.start(200, [(b"content-type", b"text/event-stream")])
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            ended.append("cancelled")
+            raise
+
+    async def scenario() -> list[asyncio.Task[Any]]:
+        server = H11Server(stalled)
+        await server.start()
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        await reader.readuntil(b"\r\n\r\n")  # the handler is now waiting
+        await server.aclose()
+        writer.close()
+        return [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+
+    assert asyncio.run(scenario()) == []
+    assert ended == ["cancelled"]

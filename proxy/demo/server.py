@@ -83,6 +83,7 @@ class H11Server:
         self._port = port
         self._server: asyncio.Server | None = None
         self._connections: set[asyncio.StreamWriter] = set()
+        self._tasks: set[asyncio.Task[None]] = set()  # one per connection: its requests' handler
 
     @property
     def port(self) -> int:
@@ -108,11 +109,19 @@ class H11Server:
             self._server.close()
             for writer in list(self._connections):
                 writer.close()
+            # A handler still answering (a stream the client left) ends now, not when its loop is gone.
+            tasks = list(self._tasks)
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
             await self._server.wait_closed()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         conn = h11.Connection(h11.SERVER)
         self._connections.add(writer)
+        task = asyncio.current_task()
+        if task is not None:
+            self._tasks.add(task)
         try:
             while True:
                 request = await self._read_request(conn, reader)
@@ -128,6 +137,8 @@ class H11Server:
             return
         finally:
             self._connections.discard(writer)
+            if task is not None:
+                self._tasks.discard(task)
             writer.close()
             with contextlib.suppress(ConnectionError):
                 await writer.wait_closed()
