@@ -126,7 +126,7 @@ class LivePublisher:
         self._size = os.fstat(self._fd).st_size
         self._failed = False
         self._pending: list[tuple[float, Started | Finished]] = []
-        self._soon = FlushSoon(self.flush, FLUSH_AFTER_S)
+        self._soon = FlushSoon(self.flush, FLUSH_AFTER_S, FLUSH_EVENTS)
 
     def _open(self) -> int:
         return os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
@@ -139,10 +139,7 @@ class LivePublisher:
 
     def _note(self, event: Started | Finished) -> None:
         self._pending.append((time.time(), event))
-        if len(self._pending) >= FLUSH_EVENTS:
-            self.flush()
-        else:
-            self._soon.due()
+        self._soon.noted(len(self._pending))
 
     def flush(self) -> None:
         """The buffered events to the file, now."""

@@ -193,7 +193,7 @@ class Metrics:
         self._failures_seen = 0
         self._started = 0
         self._finished: list[Finished] = []
-        self._soon = FlushSoon(self.flush, FLUSH_AFTER_S)
+        self._soon = FlushSoon(self.flush, FLUSH_AFTER_S, FLUSH_EVENTS)
 
     # The observer seam.
 
@@ -203,10 +203,7 @@ class Metrics:
 
     def request_finished(self, event: Finished) -> None:
         self._finished.append(event)
-        if len(self._finished) >= FLUSH_EVENTS:
-            self.flush()
-        else:
-            self._soon.due()
+        self._soon.noted(len(self._finished))
 
     def flush(self) -> None:
         """The noted events into the instruments, now."""

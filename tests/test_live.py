@@ -26,7 +26,7 @@ import pytest
 
 from proxy.access_log import access_line
 from proxy.ledger import SQLiteBackend
-from proxy.live import FLUSH_AFTER_S, POLL_INTERVAL_S, LivePublisher, LiveTail
+from proxy.live import FLUSH_AFTER_S, FLUSH_EVENTS, POLL_INTERVAL_S, LivePublisher, LiveTail
 from proxy.observe import Finished, Started
 from tests.servers import CLIENT_KEY, UPSTREAM_KEY_ENV, UPSTREAM_SECRET, Script, Stack, start_stack
 from tests.test_metrics import (
@@ -118,7 +118,7 @@ def test_files_are_bounded_and_the_tail_follows_rotation(tmp_path: pathlib.Path)
 
 def test_in_the_event_loop_lines_are_written_together_soon_after(tmp_path: pathlib.Path) -> None:
     """A worker's lines wait in its buffer at most FLUSH_AFTER_S (a subscriber polls every POLL_INTERVAL_S),
-    then go out in one write; closing the publisher writes what is left."""
+    or until FLUSH_EVENTS wait, then go out in one write; closing the publisher writes what is left."""
     path = tmp_path / f"{os.getpid()}.jsonl"
 
     async def main() -> None:
@@ -128,9 +128,13 @@ def test_in_the_event_loop_lines_are_written_together_soon_after(tmp_path: pathl
         assert path.stat().st_size == 0  # buffered, not yet written
         await asyncio.sleep(FLUSH_AFTER_S * 4)
         assert path.read_bytes().count(b"\n") == 40  # a line when each started, one when it finished
+        # A full buffer does not wait: FLUSH_EVENTS lines (a request's two each) go out at once.
+        for i in range(FLUSH_EVENTS // 2):
+            publish(publisher, f"b{i}")
+        assert path.read_bytes().count(b"\n") == 40 + FLUSH_EVENTS
         publish(publisher, "last")
         publisher.close()
-        assert path.read_bytes().count(b"\n") == 42
+        assert path.read_bytes().count(b"\n") == 42 + FLUSH_EVENTS
 
     asyncio.run(main())
     assert FLUSH_AFTER_S < POLL_INTERVAL_S
