@@ -131,7 +131,7 @@ def check_body(dialect: str, kind: str, data: bytes, cuts: Sequence[int], header
     for piece in split(data, cuts):
         meter.feed(piece)
     meter.close()
-    usage, status = meter.result()
+    usage, status = meter.usage, meter.status
     assert status in STATUSES and (usage is None or isinstance(usage, Usage))
 
 

@@ -8,7 +8,7 @@ to `MAX_METERED_BODY_BYTES`) and read once at the end. Either way a parse failur
 from __future__ import annotations
 
 from decimal import Decimal
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, TypeAlias
 
 import msgspec
 
@@ -24,32 +24,9 @@ if TYPE_CHECKING:
 MAX_METERED_BODY_BYTES = 64 * 1024 * 1024
 
 
-class Meter(Protocol):
-    def feed(self, data: bytes) -> None: ...
-    def close(self) -> None: ...
-    def result(self) -> tuple[Usage | None, UsageStatus]: ...
-    @property
-    def finished(self) -> bool: ...
-
-
-class StreamMetering:
-    """A dialect's stream meter, read frame by frame."""
-
-    def __init__(self, inner: StreamMeter) -> None:
-        self.inner = inner
-
-    def feed(self, data: bytes) -> None:
-        self.inner.feed(data)
-
-    def close(self) -> None:
-        self.inner.close()
-
-    def result(self) -> tuple[Usage | None, UsageStatus]:
-        return self.inner.usage, self.inner.status
-
-    @property
-    def finished(self) -> bool:
-        return self.inner.finished
+# A response's meter: the dialect's stream meter for a stream, else a `BodyMeter`, which is read the same way
+# (`usage`, `status`, `finished`) and so is a `StreamMeter` too.
+Meter: TypeAlias = StreamMeter
 
 
 class BodyMeter:
@@ -62,8 +39,9 @@ class BodyMeter:
         self._parts: list[bytes] = []
         self._size = 0
         self._overflow = False
-        self._usage: Usage | None = None
-        self._status: UsageStatus = "missing"
+        self.usage: Usage | None = None
+        self.status: UsageStatus = "missing"
+        self.finished = False  # a JSON body is finished only when its last byte went out, which the relay knows
         self._closed = False
 
     def feed(self, data: bytes) -> None:
@@ -81,28 +59,21 @@ class BodyMeter:
             return
         self._closed = True
         if self._overflow:
-            self._status = "unparsed"
+            self.status = "unparsed"
             return
         body = b"".join(self._parts)
         self._parts.clear()
         try:
-            self._usage = self._dialect.body_usage(self._route, body, self._headers)
+            self.usage = self._dialect.body_usage(self._route, body, self._headers)
         except (ValueError, RecursionError):  # msgspec's errors are ValueErrors; deep nesting is RecursionError
-            self._status = "unparsed"
+            self.status = "unparsed"
             return
-        self._status = "reported" if self._usage is not None else "missing"
-
-    def result(self) -> tuple[Usage | None, UsageStatus]:
-        return self._usage, self._status
-
-    @property
-    def finished(self) -> bool:
-        return False  # a JSON body is finished only when its last byte went out, which the relay knows
+        self.status = "reported" if self.usage is not None else "missing"
 
 
 def new_meter(dialect: Dialect, route: Route, streaming: bool, headers: Headers) -> Meter:
     if streaming:
-        return StreamMetering(dialect.stream_meter(route))
+        return dialect.stream_meter(route)
     return BodyMeter(dialect, route, headers)
 
 
@@ -113,7 +84,7 @@ def usage_figures(state: ProxyState, ex: Exchange) -> tuple[Usage | None, str, D
     meter = ex.meter
     if meter is None:
         return None, "missing", None, "unpriced"
-    usage, status = meter.result()
+    usage, status = meter.usage, meter.status
     if usage is None or ex.upstream is None or ex.model is None:
         return usage, status, None, "unpriced"
     cost, cost_status = state.pricer.price(ex.upstream.provider, ex.model, usage)

@@ -20,7 +20,7 @@ from proxy.asgi_types import Send
 from proxy.client_connection import CLIENT_TRANSPORT
 from proxy.errors import UpstreamError, UpstreamTimeout
 from proxy.exchange import FRAME_ENDS, Exchange, identity_headers
-from proxy.metering import Meter, StreamMetering, new_meter, render_inline_comment, usage_figures
+from proxy.metering import Meter, new_meter, render_inline_comment, usage_figures
 from proxy.providers.base import FrameFilter
 from proxy.scrub import SecretScrubber, scrub_headers
 from proxy.state import ProxyState
@@ -57,9 +57,9 @@ async def relay(
             scrubber = SecretScrubber(secret)
     # A scrubbed (non-2xx) body is never a stream the proxy changed: the filter is for 2xx streams only.
     frame_filter: FrameFilter | None = None
-    if scrubber is None and isinstance(meter, StreamMetering) and (ex.strip_usage_frame or ex.inline_usage):
+    if scrubber is None and streaming and meter is not None and (ex.strip_usage_frame or ex.inline_usage):
         comment = (lambda: render_inline_comment(state, ex)) if ex.inline_usage and sse else None
-        frame_filter = dialect.frame_filter(route, meter.inner, ex.strip_usage_frame, comment)
+        frame_filter = dialect.frame_filter(route, meter, ex.strip_usage_frame, comment)
     if not streaming and frame_filter is None and scrubber is None and not ex.trailers:
         length = h.get(response.headers, b"content-length")
         if length is not None:

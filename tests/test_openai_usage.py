@@ -167,9 +167,18 @@ def usage_only(frame: bytes) -> bool:
     return chunk.get("choices") == [] and isinstance(chunk.get("usage"), dict) and "error" not in chunk
 
 
-def run_filter(body: bytes, sizes: list[int], strip: bool, comment: bytes | None) -> tuple[bytes, OpenAIStreamMeter]:
+def run_filter(
+    body: bytes, sizes: list[int], strip: bool, comment: bytes | None, reading: bool = False
+) -> tuple[bytes, OpenAIStreamMeter]:
+    """The filter's output and its meter. With `reading`, the comment also says what the meter had read when the
+    comment was made (as the inline usage comment does)."""
     m = OpenAIStreamMeter("chat")
-    f = OpenAIFrameFilter(m, strip_usage_chunk=strip, make_comment=(lambda: comment) if comment else None)
+
+    def make_comment() -> bytes:
+        assert comment is not None
+        return comment + (b"%r\n" % ((m.usage, m.status, m.finished),) if reading else b"")
+
+    f = OpenAIFrameFilter(m, strip_usage_chunk=strip, make_comment=make_comment if comment else None)
     out = b""
     pos = 0
     for size in sizes:
@@ -277,14 +286,21 @@ _FRAMES = st.sampled_from(
         b"data: a\ndata: b\n\n",
         b"data: a\r\n\n",
         b"data:\n\n",
+        b'data: {"choices":[{"index":0,"delta":{"content":"say [DONE]"}}]}\n\n',  # [DONE], but not the event
+        b'data: {"choices":[{"index":0,"delta":{"content":"x"}}]}\n\n',
+        b'data: {"choices":[{"index":0,"delta":{"content":"x"}}]}\n\n' * 3,
+        b"data:[DONE]\n\n",
+        b"\n",
     ]
 )
 
 
-def filtered(frames: list[bytes], sizes: list[int], strip: bool) -> tuple[bytes, tuple[Any, ...], tuple[Any, ...]]:
+def filtered(
+    frames: list[bytes], sizes: list[int], strip: bool, comment: bytes | None = None
+) -> tuple[bytes, tuple[Any, ...], tuple[Any, ...]]:
     """The filter's output and reading, and the reading of a meter alone (no filter) fed the same pieces."""
     body = b"".join(frames)
-    out, m = run_filter(body, sizes, strip, None)
+    out, m = run_filter(body, sizes, strip, comment, reading=True)
     alone = OpenAIStreamMeter("chat")
     pos = 0
     for size in [*sizes, len(body)]:
@@ -294,21 +310,30 @@ def filtered(frames: list[bytes], sizes: list[int], strip: bool) -> tuple[bytes,
     return out, (m.usage, m.status, m.finished), (alone.usage, alone.status, alone.finished)
 
 
-@settings(max_examples=300, deadline=None)
-@given(st.lists(_FRAMES, max_size=12), st.lists(st.integers(min_value=1, max_value=400), max_size=8), st.booleans())
-def test_the_last_frames_read_where_they_lie_give_what_the_parser_gives(
-    frames_: list[bytes], sizes: list[int], strip: bool
+@settings(max_examples=400, deadline=None)
+@given(
+    st.lists(_FRAMES, max_size=12),
+    st.lists(st.integers(min_value=1, max_value=400), max_size=8),
+    st.booleans(),
+    st.sampled_from([None, b": c "]),
+)
+def test_frames_read_where_they_lie_give_what_the_parser_gives(
+    frames_: list[bytes], sizes: list[int], strip: bool, comment: bytes | None
 ) -> None:
-    # A read from a frame boundary takes the fast path (frames of one `data:` line read in place, the rest by the
-    # parser), in the filter and in a meter alone; a byte at a time never holds a whole frame, so the parser reads
-    # everything. They must agree on the bytes out and on the meter's reading, however the stream is cut.
+    # A read from a frame boundary takes the fast path (frames without a marker passed over, frames of one `data:`
+    # line read in place, the rest by the parser), in the filter and in a meter alone; a byte at a time never holds
+    # a whole frame, so the parser reads everything. They must agree on the bytes out (the comment, made before
+    # [DONE], included: it says what the meter had read by then) and on the meter's reading, however the stream is
+    # cut.
     body = b"".join(frames_)
-    by_parser = filtered(frames_, [1] * len(body), strip)
-    assert filtered(frames_, [len(body)], strip) == by_parser
-    assert filtered(frames_, sizes, strip) == by_parser
+    by_parser = filtered(frames_, [1] * len(body), strip, comment)
+    assert filtered(frames_, [len(body)], strip, comment) == by_parser
+    assert filtered(frames_, sizes, strip, comment) == by_parser
     assert by_parser[1] == by_parser[2]
-    assert (_USAGE_ONLY[6:] in by_parser[0]) == (not strip and _USAGE_ONLY[6:] in body)
-    assert strip or by_parser[0] == body
+    out = by_parser[0]
+    assert (_USAGE_ONLY[6:] in out) == (not strip and _USAGE_ONLY[6:] in body)
+    assert strip or comment or out == body
+    assert comment is None or out.count(comment) == 1
 
 
 @settings(max_examples=200, deadline=None)

@@ -118,18 +118,21 @@ _decode_body = msgspec.json.Decoder(_BodyView).decode
 DecodeErrors = (ValueError, RecursionError)
 
 
-def _usage_marker(data: bytes) -> int:
-    """Where the first `"usage"` in `data` is that may hold usage: not `"usage":null` (or `": null"`), which
-    Azure and the legacy completions endpoint put in every chunk. -1 when there is none. A chat or completions
-    frame without one holds no usage whatever else it holds, so it is neither decoded nor, when it cannot be,
-    counted as a doubt: the same rule whether the frame is skipped whole or parsed."""
-    at = data.find(_USAGE_MARKER)
-    while at >= 0:
-        after = at + len(_USAGE_MARKER)
-        if not (data.startswith(b":null", after) or data.startswith(b": null", after)):
-            return at
-        at = data.find(_USAGE_MARKER, after)
-    return -1
+def _usage_marker(data: bytes, pos: int = 0) -> int:
+    """Where the first `"usage"` in `data` at or after `pos` is that may hold usage: not `"usage":null` (or
+    `": null"`), which Azure and the legacy completions endpoint put in every chunk. -1 when there is none. A chat
+    or completions frame without one holds no usage whatever else it holds, so it is neither decoded nor, when it
+    cannot be, counted as a doubt: the same rule whether the frame is passed over or parsed."""
+    at = data.find(_USAGE_MARKER, pos)
+    while at >= 0 and _null_usage(data, at):
+        at = data.find(_USAGE_MARKER, at + len(_USAGE_MARKER))
+    return at
+
+
+def _null_usage(data: bytes, at: int) -> bool:
+    """The `"usage"` at `at` is `"usage":null` (or `": null"`)."""
+    after = at + len(_USAGE_MARKER)
+    return data.startswith(b":null", after) or data.startswith(b": null", after)
 
 
 def _present(raw: msgspec.Raw) -> bool:
@@ -188,11 +191,16 @@ def body_usage(endpoint: str, body: bytes) -> tuple[Usage | None, UsageStatus]:
 
 
 class OpenAIStreamMeter:
-    """Reads an OpenAI-style SSE stream for usage. Never raises; a failure marks the status "unparsed"."""
+    """Reads an OpenAI-style SSE stream for usage. Never raises; a failure marks the status "unparsed".
+
+    Most reads never reach the SSE parser: `scan` passes over whole frames without a marker and reads the frames
+    with one where they lie. The parser is made at the first read `scan` cannot take whole, and is told how many
+    bytes were passed over before it, so its offsets count from the stream's first byte all the same."""
 
     def __init__(self, endpoint: str) -> None:
         self._responses = endpoint == "responses"
-        self.parser = SSEParser()
+        self._parser: SSEParser | None = None
+        self._skipped = 0  # bytes passed over while there was no parser
         self.usage: Usage | None = None
         # The stream said it is complete ([DONE], or a terminal Responses event): a client that leaves after
         # this point left a finished stream (the OpenAI SDK closes the connection as soon as it reads [DONE]).
@@ -208,43 +216,107 @@ class OpenAIStreamMeter:
             return "unparsed"
         return "reported" if self.usage is not None else "missing"
 
-    def skippable(self, data: bytes) -> int:
-        """The fast path: how many leading bytes of `data` are whole frames (from a frame boundary to a blank
-        line) before the first frame holding a usage marker (for chat and completions, `_usage_marker`'s) or
-        [DONE]: nothing in them can matter to the meter or the filter, so they are accounted for without parsing.
-        C-speed scans instead of a parse, for most chunks of most streams, and for all but the last frames of a
-        read that holds a whole stream."""
-        if not self.parser.at_boundary:
-            return 0
-        marker = data.find(_USAGE_MARKER) if self._responses else _usage_marker(data)
-        done = data.find(_DONE, 0, marker if marker >= 0 else len(data))  # only the first of the two matters
-        if marker < 0 and done < 0:
-            end = len(data) if data.endswith(b"\n\n") else data.rfind(b"\n\n") + 2
+    @property
+    def at_boundary(self) -> bool:
+        """Nothing is pending: the next byte fed starts a new frame, and `scan` may read it."""
+        parser = self._parser
+        return parser is None or parser.at_boundary
+
+    @property
+    def boundary(self) -> int:
+        """The stream offset just after the last blank line seen (`SSEParser.boundary`)."""
+        parser = self._parser
+        return self._skipped if parser is None else parser.boundary
+
+    def skip(self, size: int) -> None:
+        """Account for `size` bytes `scan` has read (`SSEParser.skip`)."""
+        parser = self._parser
+        if parser is None:
+            self._skipped += size
         else:
-            first = marker if done < 0 or 0 <= marker < done else done
-            end = data.rfind(b"\n\n", 0, first) + 2  # a frame never holds a blank line: its own starts after it
-        # Past MAX_LINE_BYTES the bytes might hold a line the parser would refuse (FrameError): parse them.
-        return end if 2 <= end <= MAX_LINE_BYTES else 0
+            parser.skip(size)
+
+    def parse(self, data: bytes) -> list[SSEEvent]:
+        """The events `data` completes, by the parser (made now if this is the first read it needs). Raises
+        FrameError; the caller then calls `fail`."""
+        parser = self._parser
+        if parser is None:
+            parser = self._parser = SSEParser()
+            if self._skipped:
+                parser.skip(self._skipped)
+        return parser.feed(data)
+
+    def end_parse(self) -> list[SSEEvent]:
+        """The parser's `close`: the events the end of the stream completes."""
+        return self._parser.close() if self._parser is not None else []
+
+    def scan(self, data: bytes, until_done: bool = False, cut: bool = False) -> tuple[int, list[int] | None]:
+        """The fast path, for a read that starts at a frame boundary (`at_boundary`): whole frames without a marker
+        ([DONE], or `"usage"`, for chat and completions as `_usage_marker` finds it) are passed over unparsed, each
+        frame with one that is one `data:` line (`data_frame`) is read where it lies, and so on to the end of the
+        read's last whole frame. It stops early at a frame of any other shape, at more than `MAX_LINE_BYTES`
+        without a marker (such bytes might hold a line the parser would refuse), and with `until_done` before a
+        frame that may be [DONE]. Each search starts where the last frame read ended.
+
+        Returns how many leading bytes were read (whole frames: the caller `skip`s them, and the parser takes the
+        rest), and with `cut` the start and end offsets of the usage-only chunks' frames among them, in pairs
+        (None when there are none). Nothing in the frames passed over can matter to the meter or the filter: they
+        are accounted for as the parser would, by C-speed finds instead of a parse."""
+        size = len(data)
+        pos = 0
+        cuts: list[int] | None = None
+        responses = self._responses
+        while pos < size:
+            marker = data.find(_USAGE_MARKER, pos)
+            if marker >= 0 and not responses and _null_usage(data, marker):
+                marker = _usage_marker(data, marker + len(_USAGE_MARKER))
+            done = data.find(_DONE, pos, marker if marker >= 0 else size)  # only the first of the two matters
+            if marker < 0 and done < 0:
+                end = size if data.endswith(b"\n\n") else data.rfind(b"\n\n", pos) + 2
+                if pos + 2 <= end <= pos + MAX_LINE_BYTES:
+                    pos = end
+                break
+            first = done if done >= 0 else marker
+            start = data.rfind(b"\n\n", pos, first) + 2  # a frame never holds a blank line: its own starts after it
+            if start == 1:
+                start = pos  # the marker is in the first frame
+            if start - pos > MAX_LINE_BYTES:
+                break
+            if until_done and first == done:
+                pos = start
+                break
+            frame = data_frame(data, start)
+            if frame is None:
+                pos = start
+                break
+            begin, end = frame
+            pos = end + 2
+            # The frame holds the marker found: [DONE] when that is all it holds, else a frame to decode.
+            if first != done:
+                if self._observe_marked(data[begin:end]) and cut:
+                    if cuts is None:
+                        cuts = []
+                    cuts += (start, pos)
+            elif end - begin == len(_DONE):
+                self.finished = True
+            elif self.observe_data(data[begin:end]) and cut:
+                if cuts is None:
+                    cuts = []
+                cuts += (start, pos)
+        return pos, cuts
 
     def feed(self, data: bytes) -> None:
         if self._spent:
             return
-        parser = self.parser
-        if parser.at_boundary:
-            # Whole frames without a marker are skipped; the frames after them that are one `data:` line (a
-            # stream's last ones, usually) are read where they lie, as `OpenAIFrameFilter._data_frames` does.
-            pos = self.skippable(data)
-            while (frame := data_frame(data, pos)) is not None:
-                start, end = frame
-                self.observe_data(data[start:end])
-                pos = end + 2
+        if self.at_boundary:
+            pos, _ = self.scan(data)
             if pos:
-                parser.skip(pos)
+                self.skip(pos)
                 if pos == len(data):
                     return
                 data = data[pos:]
         try:
-            events = self.parser.feed(data)
+            events = self.parse(data)
         except FrameError:
             self.fail()
             return
@@ -255,7 +327,7 @@ class OpenAIStreamMeter:
         if self._spent:
             return
         self._spent = True
-        for event in self.parser.close():
+        for event in self.end_parse():
             self.observe(event)
 
     def fail(self) -> None:
@@ -273,6 +345,10 @@ class OpenAIStreamMeter:
             if data == _DONE:
                 self.finished = True
             return False
+        return self._observe_marked(data)
+
+    def _observe_marked(self, data: bytes) -> bool:
+        """`observe_data` for data that holds a usage marker."""
         try:
             if self._responses:
                 self._observe_response_event(data)
@@ -316,7 +392,9 @@ class OpenAIFrameFilter:
     the usage-only chunk's frame are left out; with `make_comment`, its line goes just before the `[DONE]`
     frame, or at the end of a stream that has none. Bytes of an unfinished frame wait for the rest of it (an
     SSE client cannot act on part of a frame); everything up to the last frame boundary is released at once.
-    The meter is fed from the same parse. After a FrameError the filter passes everything through unchanged.
+    The meter reads the same bytes: a read from a frame boundary goes through the meter's `scan` (the usage-only
+    frame cut out by slicing), and what `scan` leaves to the parser is released from the parser's events. After
+    a FrameError the filter passes everything through unchanged.
     """
 
     def __init__(
@@ -336,66 +414,42 @@ class OpenAIFrameFilter:
     def feed(self, data: bytes) -> bytes:
         if self._passthrough:
             return data
-        if not self._pending:
-            skip = self.meter.skippable(data)
-            if skip == len(data):
-                self.meter.parser.skip(skip)
-                self._base += skip
-                return data
-            if self._make_comment is None and self.meter.parser.at_boundary:
-                return self._data_frames(data, skip)
-            if skip:
-                self.meter.parser.skip(skip)
-                self._base += skip
-                return b"".join((memoryview(data)[:skip], self._feed(data[skip:])))
-        return self._feed(data)
-
-    def _data_frames(self, data: bytes, pos: int) -> bytes:
-        """From a frame boundary at `pos` (the whole frames before it hold no marker): the frames a stream ends with
-        (its usage chunk, its [DONE]), read where they lie, as long as each is one `data:` line (`data_frame`).
-        They give the events the parser would, and the output `_release` would: every byte but the usage-only
-        chunk's when stripping. The first frame of another shape, or an unfinished one, and all after it go the
-        general way (`_feed`)."""
         meter = self.meter
-        strip = self._strip
-        out: list[bytes | memoryview] | None = None  # None: every byte so far goes out
-        kept = 0  # where the bytes not yet in `out` start
-        while (frame := data_frame(data, pos)) is not None:
-            start, end = frame
-            usage_only = meter.observe_data(data[start:end])
-            if usage_only and strip:
-                if out is None:
-                    out = []
-                out.append(memoryview(data)[kept:pos])
-                kept = end + 2
-            pos = end + 2
+        if self._pending or not meter.at_boundary:
+            return self._feed(data)
+        # The comment goes just before [DONE]: until it is in, the parser's way reads a frame that may be one.
+        pos, cuts = meter.scan(data, self._make_comment is not None and not self._inserted, self._strip)
         if pos:
-            meter.parser.skip(pos)
+            meter.skip(pos)
             self._base += pos
+        if cuts is None:
+            if pos == len(data):
+                return data
+            if not pos:
+                return self._feed(data)
+            return b"".join((memoryview(data)[:pos], self._feed(data[pos:])))
+        view = memoryview(data)
+        out: list[bytes | memoryview] = [view[: cuts[0]]]
+        for i in range(2, len(cuts), 2):  # more than one usage-only chunk: not from OpenAI, but kept to the rule
+            out.append(view[cuts[i - 1] : cuts[i]])
+        out.append(view[cuts[-1] : pos])
         if pos < len(data):
-            rest = self._feed(data[pos:])
-            if out is None:  # nothing left out: everything before `pos` goes out as it came
-                return b"".join((memoryview(data)[:pos], rest)) if pos else rest
-            out += (memoryview(data)[kept:pos], rest)
-            return b"".join(out)
-        if out is None:
-            return data
-        out.append(memoryview(data)[kept:])
+            out.append(self._feed(data[pos:]))
         return b"".join(out)
 
     def _feed(self, data: bytes) -> bytes:
         self._pending += data
         try:
-            events = self.meter.parser.feed(data)
+            events = self.meter.parse(data)
         except FrameError:
             return self._give_up()
-        return self._release(events, self.meter.parser.boundary)
+        return self._release(events, self.meter.boundary)
 
     def close(self) -> bytes:
         if self._passthrough:
             return b""
         try:
-            events = self.meter.parser.close()
+            events = self.meter.end_parse()
         except FrameError:
             return self._give_up()
         out = self._release(events, self._base + len(self._pending))
