@@ -32,6 +32,7 @@ object), in which case `usage` still holds the last one that was read, as a lowe
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -56,6 +57,10 @@ if TYPE_CHECKING:
     from proxy.config import ProviderConfig
 
 _USAGE_MARKER = b'"usage"'
+# The marker, less the null ones, in one search. A `find` and a check per null marker (OpenAI puts one in every
+# chunk) cost twice as much on a read of a hundred of OpenAI's own chunks (28 against 13 µs), and `find` was no
+# faster on chunks without one (8 against 6 µs).
+_search_usage = re.compile(rb'"usage"(?!:null|: null)').search
 # msgspec cannot put Raw in a union with None; an empty Raw stands for "field absent".
 _ABSENT = msgspec.Raw()
 _DONE = b"[DONE]"
@@ -120,19 +125,12 @@ DecodeErrors = (ValueError, RecursionError)
 
 def _usage_marker(data: bytes, pos: int = 0) -> int:
     """Where the first `"usage"` in `data` at or after `pos` is that may hold usage: not `"usage":null` (or
-    `": null"`), which Azure and the legacy completions endpoint put in every chunk. -1 when there is none. A chat
-    or completions frame without one holds no usage whatever else it holds, so it is neither decoded nor, when it
-    cannot be, counted as a doubt: the same rule whether the frame is passed over or parsed."""
-    at = data.find(_USAGE_MARKER, pos)
-    while at >= 0 and _null_usage(data, at):
-        at = data.find(_USAGE_MARKER, at + len(_USAGE_MARKER))
-    return at
-
-
-def _null_usage(data: bytes, at: int) -> bool:
-    """The `"usage"` at `at` is `"usage":null` (or `": null"`)."""
-    after = at + len(_USAGE_MARKER)
-    return data.startswith(b":null", after) or data.startswith(b": null", after)
+    `": null"`), which OpenAI (with include_usage), Azure and the legacy completions endpoint put in every chunk. -1
+    when there is none. A chat or completions frame without one holds no usage whatever else it holds, so it is
+    neither decoded nor, when it cannot be, counted as a doubt: the same rule whether the frame is passed over or
+    parsed."""
+    found = _search_usage(data, pos)
+    return found.start() if found is not None else -1
 
 
 def _present(raw: msgspec.Raw) -> bool:
@@ -267,9 +265,7 @@ class OpenAIStreamMeter:
         cuts: list[int] | None = None
         responses = self._responses
         while pos < size:
-            marker = data.find(_USAGE_MARKER, pos)
-            if marker >= 0 and not responses and _null_usage(data, marker):
-                marker = _usage_marker(data, marker + len(_USAGE_MARKER))
+            marker = data.find(_USAGE_MARKER, pos) if responses else _usage_marker(data, pos)
             done = data.find(_DONE, pos, marker if marker >= 0 else size)  # only the first of the two matters
             if marker < 0 and done < 0:
                 end = size if data.endswith(b"\n\n") else data.rfind(b"\n\n", pos) + 2
