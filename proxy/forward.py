@@ -3,8 +3,8 @@
     recognize → authenticate → read_request → select_upstream → prepare_request → open_upstream → relay → finish
 
 The dialect (`proxy.providers`) is asked at each phase: which endpoint and model, where the client's key is,
-the request rewrite and credentials, whether the response streams, the meter, the frame filter, and the error
-format. Nothing here branches on which dialect it holds.
+the fields to add to the request and the credentials, whether the response streams, the meter, the frame filter,
+and the error format. Nothing here branches on which dialect it holds.
 
 `finish` runs in `finally`, so every request reaches it; it is where the ledger record is written for every
 request that was sent upstream, whatever the client or the upstream did. An `Exchange` carries the state
@@ -289,19 +289,17 @@ def _refuse_ambiguous_framing(ex: Exchange, scope: Scope) -> None:
         raise BadRequest("The request has both Content-Length and Transfer-Encoding.")
 
 
-def _rewritten_body(body: bytes, request: dict[str, Any], rewritten: dict[str, Any]) -> bytes:
-    """The body after a dialect's rewrite. When the rewrite only added top-level keys (OpenAI's
-    `stream_options`, when the client sent none), they are spliced in after the opening brace and every byte the
-    client sent is kept as sent: number spellings, escapes, key order, whitespace. Otherwise it is re-encoded."""
-    added = {key: value for key, value in rewritten.items() if key not in request}
-    unchanged = len(rewritten) - len(added) == len(request) and all(rewritten[k] is v for k, v in request.items())
+def _with_fields(body: bytes, request: dict[str, Any], fields: dict[str, Any]) -> bytes:
+    """The body with a dialect's top-level `fields` set (`Dialect.request_fields`). When the client sent none of
+    them (OpenAI's `stream_options`, usually), they are spliced in after the opening brace and every byte the client
+    sent is kept as sent: number spellings, escapes, key order, whitespace. Otherwise it is re-encoded."""
     start = _past_whitespace(body, 0)
-    if not unchanged or body[start : start + 1] != b"{":
-        return _json_encode(rewritten)
-    fields = _json_encode(added)[1:-1]
+    if not request.keys().isdisjoint(fields) or body[start : start + 1] != b"{":
+        return _json_encode({**request, **fields})
+    added = _json_encode(fields)[1:-1]
     first = _past_whitespace(body, start + 1)
     comma = b"," if body[first : first + 1] != b"}" else b""  # `{}` takes no comma after the fields
-    return b"".join((body[: start + 1], fields, comma, memoryview(body)[start + 1 :]))
+    return b"".join((body[: start + 1], added, comma, memoryview(body)[start + 1 :]))
 
 
 def _past_whitespace(body: bytes, pos: int) -> int:
@@ -337,16 +335,16 @@ def parse_request(body: bytes, route: Route) -> dict[str, Any]:
 
 
 def prepare_request(state: ProxyState, ex: Exchange, scope: Scope, request: dict[str, Any], body: bytes) -> Outgoing:
-    """The client's headers less its credentials and hop-by-hop ones; the dialect's rewrite (OpenAI: merge
-    `stream_options.include_usage`) when metering; then the provider's credentials."""
+    """The client's headers less its credentials and hop-by-hop ones; the body with the dialect's request fields
+    (OpenAI: `stream_options.include_usage` merged in) when metering; then the provider's credentials."""
     assert ex.upstream is not None and ex.route is not None
     forward_headers = h.upstream_request_headers(scope["headers"])
     forward_headers.append((b"accept-encoding", b"identity"))
     ex.inline_usage = (h.get(scope["headers"], b"x-teeproxy-usage") or b"").strip().lower() == b"inline"
-    rewritten = dict(request)  # a copy per attempt: each provider's rewrite starts from the client's request
-    ex.strip_usage_frame = state.metering and ex.dialect.rewrite_request(ex.route, rewritten, ex.upstream.provider)
-    if ex.strip_usage_frame:
-        body = _rewritten_body(body, request, rewritten)
+    fields = ex.dialect.request_fields(ex.route, request, ex.upstream.provider) if state.metering else None
+    ex.strip_usage_frame = fields is not None
+    if fields is not None:
+        body = _with_fields(body, request, fields)
     outgoing = Outgoing("POST", ex.upstream.base_url + ex.route.upstream_path, forward_headers, body)
     ex.dialect.attach_credentials(outgoing, ex.upstream)
     return outgoing

@@ -473,7 +473,7 @@ def test_attach_credentials_keeps_the_clients_version_and_beta() -> None:
 
 
 def test_small_seams() -> None:
-    assert DIALECT.rewrite_request(MESSAGES, {"stream": True}, upstream(None).provider) is False
+    assert DIALECT.request_fields(MESSAGES, {"stream": True}, upstream(None).provider) is None
     assert DIALECT.is_stream(MESSAGES, "text/event-stream; charset=utf-8")
     assert not DIALECT.is_stream(MESSAGES, "application/json")
     assert isinstance(DIALECT.stream_meter(MESSAGES), AnthropicStreamMeter)

@@ -440,7 +440,7 @@ def test_the_rest_of_the_seam() -> None:
     assert DIALECT.is_stream(r, "application/vnd.amazon.eventstream")
     assert not DIALECT.is_stream(r, "application/json")
     assert DIALECT.frame_filter(r, DIALECT.stream_meter(r), False, lambda: b"usage") is None
-    assert DIALECT.rewrite_request(r, {}, provider()) is False
+    assert DIALECT.request_fields(r, {}, provider()) is None
     assert json.loads(DIALECT.models_body([("amazon.nova-lite-v1:0", "amazon")])) == {
         "modelSummaries": [{"modelId": "amazon.nova-lite-v1:0", "providerName": "amazon"}]
     }

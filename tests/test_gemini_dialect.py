@@ -397,7 +397,7 @@ def test_attach_credentials_puts_the_key_in_a_header_only() -> None:
 
 def test_no_request_rewrite_and_streams_by_route() -> None:
     request: dict[str, Any] = {"contents": []}
-    assert DIALECT.rewrite_request(SSE_ROUTE, request, upstream(None).provider) is False
+    assert DIALECT.request_fields(SSE_ROUTE, request, upstream(None).provider) is None
     assert request == {"contents": []}
     assert DIALECT.is_stream(SSE_ROUTE, "text/event-stream")
     assert DIALECT.is_stream(ARRAY_ROUTE, "application/json; charset=UTF-8")

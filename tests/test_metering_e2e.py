@@ -23,7 +23,7 @@ import httpx
 import openai
 import pytest
 
-from proxy.forward import _rewritten_body
+from proxy.forward import _with_fields
 from tests.conftest import load_expected
 from tests.servers import CLIENT_KEY, UPSTREAM_KEY_ENV, UPSTREAM_SECRET, Script, Stack, h11_post, start_stack
 
@@ -452,5 +452,5 @@ def test_the_usage_option_is_added_without_rewriting_the_clients_body(
 )
 def test_added_fields_are_spliced_after_the_opening_brace(body: bytes, spliced: bytes) -> None:
     request = json.loads(body)
-    assert _rewritten_body(body, request, {"a": 1, **request}) == spliced
+    assert _with_fields(body, request, {"a": 1}) == spliced
     assert json.loads(spliced) == {"a": 1, **request}

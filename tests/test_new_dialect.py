@@ -48,8 +48,8 @@ class ToyDialect:
     def client_key(self, incoming: Incoming) -> bytes | None:
         return dict(incoming.headers).get(b"x-toy-key")
 
-    def rewrite_request(self, route: Route, request: dict[str, Any], provider: ProviderConfig) -> bool:
-        return False
+    def request_fields(self, route: Route, request: dict[str, Any], provider: ProviderConfig) -> dict[str, Any] | None:
+        return None
 
     def attach_credentials(self, outgoing: Outgoing, upstream: Upstream) -> None:
         outgoing.headers.append((b"x-toy-upstream-key", (upstream.api_key or "").encode()))

@@ -332,8 +332,8 @@ class AnthropicDialect:
             return key
         return bearer_token(incoming.headers)
 
-    def rewrite_request(self, route: Route, request: dict[str, Any], provider: ProviderConfig) -> bool:
-        return False  # usage is always in the stream: nothing to ask for
+    def request_fields(self, route: Route, request: dict[str, Any], provider: ProviderConfig) -> dict[str, Any] | None:
+        return None  # usage is always in the stream: nothing to ask for
 
     def attach_credentials(self, outgoing: Outgoing, upstream: Upstream) -> None:
         if upstream.api_key:

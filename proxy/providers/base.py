@@ -118,9 +118,11 @@ class Dialect(Protocol):
         """The teeproxy key the client presented, where this dialect's SDKs put it."""
         ...
 
-    def rewrite_request(self, route: Route, request: dict[str, Any], provider: ProviderConfig) -> bool:
-        """Change the parsed request body in place before it goes upstream, when metering needs it (OpenAI:
-        include_usage). True when it changed something whose trace in the response the proxy must remove again."""
+    def request_fields(self, route: Route, request: dict[str, Any], provider: ProviderConfig) -> dict[str, Any] | None:
+        """Top-level fields to set in the request body before it goes upstream, when metering needs them (OpenAI:
+        `stream_options` with `include_usage`); None for none. The request is the client's, parsed, and is not
+        changed. When there are some, the proxy removes their trace from the response again (the usage-only
+        chunk)."""
         ...
 
     def attach_credentials(self, outgoing: Outgoing, upstream: Upstream) -> None:

@@ -373,8 +373,8 @@ class BedrockDialect:
         with SigV4 and adds the key with a botocore event hook: its SigV4 Authorization is not Bearer)."""
         return bearer_token(incoming.headers) or (header(incoming.headers, b"x-api-key") or b"").strip() or None
 
-    def rewrite_request(self, route: Route, request: dict[str, Any], provider: ProviderConfig) -> bool:
-        return False  # usage is always in the response: nothing to ask for
+    def request_fields(self, route: Route, request: dict[str, Any], provider: ProviderConfig) -> dict[str, Any] | None:
+        return None  # usage is always in the response: nothing to ask for
 
     def attach_credentials(self, outgoing: Outgoing, upstream: Upstream) -> None:
         """A Bedrock API key as `Authorization: Bearer` when the provider has one, else a SigV4 signature."""

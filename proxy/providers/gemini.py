@@ -315,8 +315,8 @@ class GeminiDialect:
             return key
         return bearer_token(incoming.headers)
 
-    def rewrite_request(self, route: Route, request: dict[str, Any], provider: ProviderConfig) -> bool:
-        return False  # usageMetadata is always in the response: nothing to ask for
+    def request_fields(self, route: Route, request: dict[str, Any], provider: ProviderConfig) -> dict[str, Any] | None:
+        return None  # usageMetadata is always in the response: nothing to ask for
 
     def attach_credentials(self, outgoing: Outgoing, upstream: Upstream) -> None:
         # The client's own x-goog-api-key (its teeproxy key) must not go upstream beside ours.

@@ -558,18 +558,17 @@ class OpenAIDialect:
                 return value.strip()
         return None
 
-    def rewrite_request(self, route: Route, request: dict[str, Any], provider: ProviderConfig) -> bool:
-        """Merge `stream_options.include_usage` into a streaming chat/completions request that did not ask for it;
-        True when it did (the usage-only chunk that causes is then removed from the client's stream)."""
+    def request_fields(self, route: Route, request: dict[str, Any], provider: ProviderConfig) -> dict[str, Any] | None:
+        """`stream_options` with `include_usage` merged in, for a streaming chat/completions request that did not ask
+        for it (the usage-only chunk that causes is then removed from the client's stream)."""
         if route.kind not in _INCLUDE_USAGE_KINDS or request.get("stream") is not True or not provider.stream_options:
-            return False
+            return None
         stream_options = request.get("stream_options")
-        if isinstance(stream_options, dict) and stream_options.get("include_usage") is True:
-            return False
-        merged = dict(stream_options) if isinstance(stream_options, dict) else {}
-        merged["include_usage"] = True
-        request["stream_options"] = merged
-        return True
+        if not isinstance(stream_options, dict):
+            return {"stream_options": {"include_usage": True}}
+        if stream_options.get("include_usage") is True:
+            return None
+        return {"stream_options": {**stream_options, "include_usage": True}}
 
     def attach_credentials(self, outgoing: Outgoing, upstream: Upstream) -> None:
         if upstream.api_key:
