@@ -12,7 +12,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from proxy.parsers import sse
 from proxy.parsers.sse import MAX_LINE_BYTES
+from proxy.providers import openai as openai_provider
 from proxy.providers.openai import OpenAIFrameFilter, OpenAIStreamMeter, body_usage, usage_from_body
 from proxy.usage import Usage
 from tests.conftest import SHARED_FIXTURES, load_expected
@@ -334,6 +336,38 @@ def test_frames_read_where_they_lie_give_what_the_parser_gives(
     assert (_USAGE_ONLY[6:] in out) == (not strip and _USAGE_ONLY[6:] in body)
     assert strip or comment or out == body
     assert comment is None or out.count(comment) == 1
+
+
+@pytest.mark.parametrize(
+    ("before", "first", "finished"),
+    [
+        (b"", b"data: [DONE]\n\n", True),
+        # After the stream's first byte a BOM is no BOM: `\ufeffdata` is no field, and this frame no [DONE].
+        (b"data: x\n\n", b"\xef\xbb\xbfdata: [DONE]\n\n", False),
+    ],
+    ids=["done", "bom-mid-stream"],
+)
+def test_a_done_passed_over_counts_as_the_parser_counts_it(
+    monkeypatch: pytest.MonkeyPatch, before: bytes, first: bytes, finished: bool
+) -> None:
+    # The read ends in a [DONE] frame, so the frames before it are read for usage only; the fast path stops at a frame
+    # of another shape, and the parser then fails (a line past the limit) before the last [DONE]. A [DONE] frame the
+    # fast path passed over still counts, as it does when the parser reads everything.
+    monkeypatch.setattr(sse, "MAX_LINE_BYTES", 90)
+    monkeypatch.setattr(openai_provider, "MAX_LINE_BYTES", 90)
+    # (The frame the parser takes holds no counts: events completed in the read that fails are lost with it.)
+    stop = b'event: x\ndata: {"choices":[],"usage":{}}\n\n'
+    body = before + first + stop + b"data: " + b"x" * 100 + b"\n\n" + b"data: [DONE]\n\n"
+    readings = []
+    for sizes in ([len(before), len(body) - len(before)], [1] * len(body)):
+        m = OpenAIStreamMeter("chat")
+        pos = 0
+        for size in sizes:
+            m.feed(body[pos : pos + size])
+            pos += size
+        m.close()
+        readings.append((m.usage, m.status, m.finished))
+    assert readings[0] == readings[1] == (None, "unparsed", finished)
 
 
 @settings(max_examples=200, deadline=None)
