@@ -279,11 +279,12 @@ class OpenAIStreamMeter:
         are accounted for as the parser would, by C-speed finds instead of a parse."""
         size = len(data)
         done_end = -1  # the end of the read's last frame, when that is a [DONE] frame: no other need be found
+        find_done = until_done  # whether a frame that may be [DONE] is a frame with a marker
         if not until_done and not self.finished:
             last = data.rfind(_DONE)
             if last >= 0:
                 done_end = _done_frame_end(data, last)
-        find_done = until_done or (done_end < 0 and not self.finished)
+                find_done = done_end < 0
         pos = 0
         cuts: list[int] | None = None
         responses = self._responses
