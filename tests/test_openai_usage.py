@@ -289,6 +289,7 @@ _FRAMES = st.sampled_from(
         b"data: a\r\n\n",
         b"data:\n\n",
         b'data: {"choices":[{"index":0,"delta":{"content":"say [DONE]"}}]}\n\n',  # [DONE], but not the event
+        b"data: [DONE] and more\n\n",  # not the event, and no JSON either: nothing to read, nothing in doubt
         b'data: {"choices":[{"index":0,"delta":{"content":"x"}}]}\n\n',
         b'data: {"choices":[{"index":0,"delta":{"content":"x"}}]}\n\n' * 3,
         b"data:[DONE]\n\n",

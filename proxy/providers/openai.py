@@ -138,7 +138,7 @@ def _done_frame_end(data: bytes, at: int) -> int:
     line (`data_frame`); -1 otherwise."""
     start = data.rfind(b"\n\n", 0, at) + 2
     frame = data_frame(data, start if start > 1 else 0)
-    if frame is None or frame[1] - frame[0] != len(_DONE) or not frame[0] <= at < frame[1]:
+    if frame is None or frame[1] - frame[0] != len(_DONE):
         return -1
     return frame[1] + 2
 
@@ -312,17 +312,15 @@ class OpenAIStreamMeter:
             begin, end = frame
             pos = end + 2
             # The frame holds the marker found: [DONE] when that is all it holds, else a frame to decode.
-            if first != done:
-                if self._observe_marked(data[begin:end]) and cut:
+            if first == done and end - begin == len(_DONE):
+                self.finished = True
+            else:
+                frame_data = data[begin:end]
+                usage_only = self._observe_marked(frame_data) if first != done else self.observe_data(frame_data)
+                if usage_only and cut:
                     if cuts is None:
                         cuts = []
                     cuts += (start, pos)
-            elif end - begin == len(_DONE):
-                self.finished = True
-            elif self.observe_data(data[begin:end]) and cut:
-                if cuts is None:
-                    cuts = []
-                cuts += (start, pos)
         if done_end > 0 and (pos >= done_end or self._done_within(data[:pos])):
             self.finished = True
         return pos, cuts
