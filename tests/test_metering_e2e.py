@@ -383,22 +383,33 @@ def test_unreachable_upstream_is_502_and_recorded(tmp_path: pathlib.Path, monkey
         assert record.outcome == "upstream_error" and record.http_status == 502
 
 
-def test_unparseable_stream_is_forwarded_whole_and_marked_unparsed(stack: Stack) -> None:
-    """A frame past the parser's limit costs usage accuracy, never a forwarded byte."""
+@pytest.mark.parametrize("inline", [False, True], ids=["trailers", "inline"])
+def test_unparseable_stream_is_forwarded_whole_and_marked_unparsed(stack: Stack, inline: bool) -> None:
+    """A frame past the parser's limit costs usage accuracy, never a forwarded byte; a client that asked for the
+    inline comment still gets it, at the end, saying so."""
     huge = b'data: {"choices":[{"index":0,"delta":{"content":"' + b"x" * (5 * 1024 * 1024) + b'"}}]}\n\n'
     body = huge + b'data: {"choices":[],"usage":{"prompt_tokens":1,"completion_tokens":1}}\n\ndata: [DONE]\n\n'
     stack.upstream.script = Script(body=body, chunk_sizes=[65536])
     with (
         httpx.Client() as client,
         client.stream(
-            "POST", stack.url + "/v1/chat/completions", json={"model": "gpt-4o", "stream": True}, headers=AUTH
+            "POST",
+            stack.url + "/v1/chat/completions",
+            json={"model": "gpt-4o", "stream": True},
+            headers={**AUTH, "x-teeproxy-usage": "inline"} if inline else AUTH,
         ) as response,
     ):
         got = b"".join(response.iter_raw())
-    assert got == body  # the filter gave up and passed everything through, usage frame included
+    # The filter gave up and passed everything through, usage frame included.
+    if inline:
+        assert got.startswith(body) and got[len(body) :].startswith(b": x-teeproxy-usage {")
+        comment = json.loads(got[len(body) + len(b": x-teeproxy-usage ") :])
+        assert comment["usage"] == "unparsed"
+    else:
+        assert got == body
     [record] = stack.records()
     assert record.usage_status == "unparsed"
-    assert record.outcome == "completed" and record.bytes_to_client == len(body)
+    assert record.outcome == "completed" and record.bytes_to_client == len(got)
 
 
 def test_sdk_closing_at_done_is_a_completed_stream(stack: Stack, shared_fixtures: pathlib.Path) -> None:

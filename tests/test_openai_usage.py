@@ -356,8 +356,8 @@ def test_a_done_passed_over_counts_as_the_parser_counts_it(
     # fast path passed over still counts, as it does when the parser reads everything.
     monkeypatch.setattr(sse, "MAX_LINE_BYTES", 90)
     monkeypatch.setattr(openai_provider, "MAX_LINE_BYTES", 90)
-    # (The frame the parser takes holds no counts: events completed in the read that fails are lost with it.)
-    stop = b'event: x\ndata: {"choices":[],"usage":{}}\n\n'
+    # The frame the parser takes holds counts: they are read before the fault, however the stream is cut.
+    stop = b'event: x\ndata: {"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":4}}\n\n'
     body = before + first + stop + b"data: " + b"x" * 100 + b"\n\n" + b"data: [DONE]\n\n"
     readings = []
     for sizes in ([len(before), len(body) - len(before)], [1] * len(body)):
@@ -368,7 +368,10 @@ def test_a_done_passed_over_counts_as_the_parser_counts_it(
             pos += size
         m.close()
         readings.append((m.usage, m.status, m.finished))
-    assert readings[0] == readings[1] == (None, "unparsed", finished)
+    assert readings[0] == readings[1]
+    usage, status, done = readings[0]
+    assert usage is not None and (usage.input_tokens, usage.output_tokens) == (3, 4)
+    assert (status, done) == ("unparsed", finished)
 
 
 @settings(max_examples=200, deadline=None)

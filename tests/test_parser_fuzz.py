@@ -8,8 +8,10 @@ own and the real captures, `fuzz.seeds`). Example counts are kept moderate: CI h
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
+from unittest import mock
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -18,7 +20,10 @@ from hypothesis import strategies as st
 from fuzz import invariants as inv
 from fuzz.seeds import STREAMS, TOKENS, mutate
 from proxy.metering import BodyMeter
+from proxy.parsers import sse
 from proxy.providers import DIALECTS
+from proxy.providers import anthropic as anthropic_provider
+from proxy.providers import openai as openai_provider
 
 # Per test; `FUZZ_EXAMPLES=5000 pytest tests/test_parser_fuzz.py` for a deeper local run.
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "150"))
@@ -96,6 +101,39 @@ def test_frame_filter_forwards_what_it_does_not_remove(dialect: str, kind: str) 
     @given(data=stream_bytes("sse"), at=cuts, strip=st.booleans(), comment=st.booleans())
     def check(data: bytes, at: list[int], strip: bool, comment: bool) -> None:
         inv.check_filter(dialect, kind, data, at, strip, comment)
+
+    check()
+
+
+SSE_ROUTES = [(d, k) for d, k in inv.STREAM_ROUTES if family_for(d, k) == "sse"]
+
+
+@pytest.mark.parametrize(("dialect", "kind"), SSE_ROUTES, ids=[f"{d}-{k}" for d, k in SSE_ROUTES])
+def test_a_line_past_the_limit_changes_nothing_read_before_it_however_cut(dialect: str, kind: str) -> None:
+    # The limit is made small and a line past it put anywhere in a stream: the usage read before it, and the status
+    # ("unparsed" once the parser met the line), are the same however the stream is cut, and so is what the frame
+    # filter forwards. (Before the parser gave the events a read completed ahead of its fault, a usage frame and the
+    # broken line in one read lost the usage.)
+    limit = 2048
+    long_line = b"data: " + b"x" * limit + b"\n\n"
+    limits = [
+        mock.patch.object(sse, "MAX_LINE_BYTES", limit),
+        mock.patch.object(sse, "MAX_EVENT_BYTES", 4 * limit),
+        mock.patch.object(openai_provider, "MAX_LINE_BYTES", limit),
+        mock.patch.object(anthropic_provider, "MAX_LINE_BYTES", limit),
+    ]
+
+    @FEWER
+    @given(seed=st.sampled_from(STREAMS["sse"]), where=st.integers(0, 1 << 16), at=cuts, strip=st.booleans())
+    def check(seed: bytes, where: int, at: list[int], strip: bool) -> None:
+        where %= len(seed) + 1
+        data = seed[:where] + long_line + seed[where:]
+        with contextlib.ExitStack() as stack:
+            for patch in limits:
+                stack.enter_context(patch)
+            inv.check_meter(dialect, kind, data, at)
+            if (dialect, kind) in inv.FILTER_ROUTES:
+                inv.check_filter(dialect, kind, data, at, strip, comment=not strip)
 
     check()
 

@@ -28,7 +28,9 @@ own. `boundary` is the offset just after the last blank line seen, dispatched or
 remove exactly one frame from the stream, or insert a line before one, without re-serializing anything.
 
 Buffers are bounded: a line longer than `MAX_LINE_BYTES`, or an event whose data grows past
-`MAX_EVENT_BYTES`, raises `FrameError`; the parser is then spent. Data is kept as bytes: the callers look for
+`MAX_EVENT_BYTES`, is a `FrameError`; the parser is then spent. A feed that completed events before the fault
+returns them, and the next call (`feed` or `close`) raises: so the events seen before a fault, like the events of a
+stream without one, never depend on how the stream was cut. Data is kept as bytes: the callers look for
 byte markers and hand JSON to msgspec, which takes bytes, so no decode is ever needed here.
 """
 
@@ -99,9 +101,11 @@ class SSEParser:
         self._frame_start = 0
         self.boundary = 0
         self._failed = False
+        self._deferred: str | None = None  # a fault found after events the last feed returned; not raised yet
 
     def feed(self, data: bytes) -> list[SSEEvent]:
         if self._failed:
+            self._raise_deferred()
             raise FrameError("the parser already failed")
         if not data:
             return []
@@ -129,12 +133,20 @@ class SSEParser:
             if buf.startswith(_BOM):
                 buf = buf[len(_BOM) :]
                 self._base += len(_BOM)
-        return self._scan(buf, final=False)
+        events: list[SSEEvent] = []
+        try:
+            self._scan(buf, False, events)
+        except FrameError as exc:
+            if not events:
+                raise
+            self._deferred = str(exc)  # the next feed() or close() raises it
+        return events
 
     @property
     def at_boundary(self) -> bool:
-        """Nothing is pending: the next byte fed starts a new frame (the stream's first byte too)."""
-        return not self._held and not self._data and not self._event_type
+        """Nothing is pending: the next byte fed starts a new frame (the stream's first byte too). Never after a
+        fault: the next call must raise it."""
+        return not self._held and not self._data and not self._event_type and not self._failed
 
     def skip(self, size: int) -> None:
         """Account for the next `size` bytes without parsing them: whole frames the caller has no use for.
@@ -150,8 +162,10 @@ class SSEParser:
         self._frame_start = self.boundary = self._base
 
     def close(self) -> list[SSEEvent]:
-        """End of stream: a line held for a possible CRLF is processed; an unfinished event is dropped."""
+        """End of stream: a line held for a possible CRLF is processed; an unfinished event is dropped. Raises
+        the fault the last feed found after the events it returned; once a fault was raised, returns nothing."""
         if self._failed:
+            self._raise_deferred()
             return []
         buf = b"".join(self._held)
         self._held = []
@@ -159,13 +173,20 @@ class SSEParser:
         self._failed = True  # nothing more may be fed
         if not buf:
             return []
+        events: list[SSEEvent] = []
         try:
-            return self._scan(buf, final=True)
+            self._scan(buf, True, events)
         except FrameError:  # pragma: no cover - the held line was already checked against the limit when fed
             return []
+        return events
 
-    def _scan(self, buf: bytes, final: bool) -> list[SSEEvent]:
-        events: list[SSEEvent] = []
+    def _raise_deferred(self) -> None:
+        message, self._deferred = self._deferred, None
+        if message is not None:
+            raise FrameError(message)
+
+    def _scan(self, buf: bytes, final: bool, events: list[SSEEvent]) -> None:
+        """Reads `buf` (the held bytes and the new ones) into `events`, holding back the partial line at its end."""
         size = len(buf)
         # Cache the next CR and LF positions: scanning again from `pos` for a character that is not in the rest
         # of the buffer would make many short lines quadratic.
@@ -206,7 +227,6 @@ class SSEParser:
         if rest and not final:
             self._hold(rest)
         self._base += pos
-        return events
 
     def _data_frames(self, buf: bytes, pos: int, cr: int, events: list[SSEEvent]) -> int:
         """The fast path, from the start of a frame at `pos` (`cr`: the first CR at or after it, or -1): whole

@@ -257,7 +257,12 @@ class AnthropicStreamMeter:
         if self._spent:
             return
         self._spent = True
-        self._observe([e.data for e in self.parser.close()])
+        try:
+            events = self.parser.close()
+        except FrameError:  # the last read completed events, then broke a limit
+            self._frame_error = True
+            return
+        self._observe([e.data for e in events])
 
     def _observe(self, datas: list[bytes]) -> None:
         for data in datas:

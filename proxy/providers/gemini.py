@@ -213,7 +213,10 @@ class GeminiStreamMeter:
         try:
             chunks = self._array.close() if self._array is not None else self._sse_data(b"", close=True)
         except FrameError:
-            return  # an array never closed is a stream cut short: what was read stands
+            # An array never closed is a stream cut short: what was read stands. The SSE parser raises here only
+            # the fault its last read found after the events it returned.
+            self._doubt = self._sse is not None
+            return
         for chunk in chunks:
             self.observe(chunk)
 

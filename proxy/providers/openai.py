@@ -359,7 +359,12 @@ class OpenAIStreamMeter:
         if self._spent:
             return
         self._spent = True
-        for event in self.end_parse():
+        try:
+            events = self.end_parse()
+        except FrameError:  # the last read completed events, then broke a limit
+            self._doubt = True
+            return
+        for event in events:
             self.observe(event)
 
     def fail(self) -> None:
@@ -426,7 +431,7 @@ class OpenAIFrameFilter:
     SSE client cannot act on part of a frame); everything up to the last frame boundary is released at once.
     The meter reads the same bytes: a read from a frame boundary goes through the meter's `scan` (the usage-only
     frame cut out by slicing), and what `scan` leaves to the parser is released from the parser's events. After
-    a FrameError the filter passes everything through unchanged.
+    a FrameError the filter passes everything through unchanged, and the comment goes at the end.
     """
 
     def __init__(
@@ -441,10 +446,13 @@ class OpenAIFrameFilter:
         self._pending = bytearray()
         self._base = 0  # absolute stream offset of self._pending[0]
         self._passthrough = False
+        self._last = b"\n"  # the last byte forwarded after a FrameError (a line end before any)
         self._inserted = False
 
     def feed(self, data: bytes) -> bytes:
         if self._passthrough:
+            if data:
+                self._last = data[-1:]
             return data
         meter = self.meter
         if self._pending or not meter.at_boundary:
@@ -479,24 +487,29 @@ class OpenAIFrameFilter:
 
     def close(self) -> bytes:
         if self._passthrough:
-            return b""
-        try:
-            events = self.meter.end_parse()
-        except FrameError:
-            return self._give_up()
-        out = self._release(events, self._base + len(self._pending))
+            out = b""
+        else:
+            try:
+                events = self.meter.end_parse()
+            except FrameError:
+                out = self._give_up()
+            else:
+                out = self._release(events, self._base + len(self._pending))
         if self._make_comment is not None and not self._inserted:
             self._inserted = True
-            if out and not out.endswith((b"\n", b"\r")):
+            if not (out or self._last).endswith((b"\n", b"\r")):
                 out += b"\n"  # the stream ended inside a line: the comment still starts a line of its own
             out += self._make_comment()
         return out
 
     def _give_up(self) -> bytes:
+        """A FrameError: everything from here on is forwarded as it comes, and the comment goes at the end."""
         self._passthrough = True
         self.meter.fail()
         out = bytes(self._pending)
         self._pending.clear()
+        if out:
+            self._last = out[-1:]
         return out
 
     def _release(self, events: list[SSEEvent], upto: int) -> bytes:
