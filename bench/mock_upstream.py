@@ -2,7 +2,10 @@
 
 Each request to /v1/chat/completions gets an SSE stream of `n_chunks` chat.completion.chunk frames of about
 `chunk_bytes` bytes each, `delay_ms` apart (the first one too), one HTTP/1.1 chunk per frame, then a usage
-chunk when the request set `stream_options.include_usage` and `data: [DONE]`, in one write. The three knobs are
+chunk when the request set `stream_options.include_usage` and `data: [DONE]`, in one write. A request that set
+`include_usage` gets its chunks with `"usage":null` in each, as OpenAI's API writes them now (the gpt-5-nano
+capture, `openai/chat_usage_detailed_reasoning.sse`), at the same size: a metered proxy reads those, the others
+do not, and every target sends its clients the same number of bytes. The three knobs are
 read, first match wins, from the query string (`?n_chunks=5`), the JSON body (`"n_chunks": 5`) or any text in it,
 such as the user message (`n_chunks=5`: a proxy that drops unknown fields still forwards the messages); else the
 command-line defaults apply. Keep-alive is supported.
@@ -35,9 +38,8 @@ class Frames:
     """Prebuilt, chunk-encoded frames for one chunk size."""
 
     def __init__(self, chunk_bytes: int) -> None:
-        empty = self._frame("")
-        pad = max(1, chunk_bytes - len(empty))
-        self.content = _chunked(self._frame("x" * pad))
+        self.content = _chunked(self._padded(chunk_bytes, usage_null=False))
+        self.content_usage_null = _chunked(self._padded(chunk_bytes, usage_null=True))
         usage = {"prompt_tokens": 10, "completion_tokens": 0, "total_tokens": 10}
         self.usage_template = {
             "id": "chatcmpl-bench",
@@ -48,23 +50,33 @@ class Frames:
             "usage": usage,
         }
         self.done = _chunked(b"data: [DONE]\n\n") + b"0\r\n\r\n"
-        self._bursts: dict[int, bytes] = {}
+        self._bursts: dict[tuple[int, bool], bytes] = {}
+
+    @classmethod
+    def _padded(cls, chunk_bytes: int, usage_null: bool) -> bytes:
+        pad = max(1, chunk_bytes - len(cls._frame("", usage_null)))
+        return cls._frame("x" * pad, usage_null)
 
     @staticmethod
-    def _frame(content: str) -> bytes:
-        chunk = {
+    def _frame(content: str, usage_null: bool) -> bytes:
+        chunk: dict[str, object] = {
             "id": "chatcmpl-bench",
             "object": "chat.completion.chunk",
             "created": 0,
             "model": "gpt-4o-mini",
             "choices": [{"index": 0, "delta": {"content": content}, "finish_reason": None}],
         }
+        if usage_null:
+            chunk["usage"] = None
         return b"data: " + json.dumps(chunk, separators=(",", ":")).encode() + b"\n\n"
 
-    def burst(self, n: int) -> bytes:
-        body = self._bursts.get(n)
+    def chunk(self, usage_null: bool) -> bytes:
+        return self.content_usage_null if usage_null else self.content
+
+    def burst(self, n: int, usage_null: bool) -> bytes:
+        body = self._bursts.get((n, usage_null))
         if body is None:
-            body = self._bursts[n] = self.content * n
+            body = self._bursts[n, usage_null] = self.chunk(usage_null) * n
         return body
 
     def usage(self, n: int) -> bytes:
@@ -116,16 +128,18 @@ class MockUpstream:
         # The stream's end: the usage chunk when the request asked for it, then [DONE], written together (an
         # API sends them back to back), so a metered run reads no more often than an unmetered one.
         end = frames.done
-        if b'"include_usage":true' in body.replace(b" ", b""):
+        asked = b'"include_usage":true' in body.replace(b" ", b"")
+        if asked:
             end = frames.usage(knobs["n_chunks"]) + end
         if not delay:
             # A burst: every frame at once, in one write (still one HTTP chunk per frame on the wire).
-            writer.write(_HEAD + frames.burst(knobs["n_chunks"]) + end)
+            writer.write(_HEAD + frames.burst(knobs["n_chunks"], asked) + end)
         else:
+            content = frames.chunk(asked)
             writer.write(_HEAD)
             for _ in range(knobs["n_chunks"]):
                 await asyncio.sleep(delay)
-                writer.write(frames.content)
+                writer.write(content)
                 if writer.transport.get_write_buffer_size() > HIGH_WATER_BYTES:
                     await writer.drain()
             writer.write(end)

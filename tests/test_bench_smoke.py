@@ -9,13 +9,17 @@ exposition text (the metric may be absent: then they are null).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import pathlib
 import subprocess
 import sys
 
+import httpx
+
 from bench import gc_pauses
+from bench.mock_upstream import MockUpstream
 from bench.targets import nginx_binary
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -141,3 +145,27 @@ def test_gc_pauses_absent_or_idle() -> None:
     same = gc_pauses.delta(gc_pauses.parse(SCRAPE_BEFORE), gc_pauses.parse(SCRAPE_BEFORE))
     assert same["gc_collections"] == same["gc_gen2_collections"] == 0
     assert same["gc_gen2_max_bucket_ms"] is None and same["gc_max_bucket_ms"] is None
+
+
+def test_the_mock_writes_openais_null_usage_only_for_a_stream_that_asked_for_usage() -> None:
+    """As OpenAI's API does now: with `include_usage`, every chunk before the usage chunk has `"usage":null`. The
+    chunks are the same size either way, so every target sends its clients the same bytes a chunk."""
+
+    async def stream(body: dict[str, object]) -> list[bytes]:
+        mock = MockUpstream(n_chunks=3, chunk_bytes=200)
+        port = await mock.start()
+        assert mock.server is not None
+        try:
+            async with httpx.AsyncClient() as client:
+                response = await client.post(f"http://127.0.0.1:{port}/v1/chat/completions", json=body)
+        finally:
+            mock.server.close()
+        return [frame for frame in response.content.split(b"\n\n") if frame]
+
+    plain = asyncio.run(stream({"model": "m", "stream": True}))
+    asked = asyncio.run(stream({"model": "m", "stream": True, "stream_options": {"include_usage": True}}))
+    assert len(plain) == 4 and len(asked) == 5  # 3 chunks, (the usage chunk,) [DONE]
+    assert not any(b'"usage"' in frame for frame in plain)
+    assert all(frame.endswith(b',"usage":null}') for frame in asked[:3])
+    assert [len(frame) for frame in asked[:3]] == [len(frame) for frame in plain[:3]]
+    assert json.loads(asked[3][len(b"data: ") :])["usage"]["completion_tokens"] == 3
