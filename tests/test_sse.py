@@ -245,7 +245,10 @@ def test_events_before_a_fault_are_returned_and_the_fault_raised_next(then: str)
     assert simple(events) == [("message", b"a"), ("e", b"b")]
     assert not parser.at_boundary
     with pytest.raises(FrameError):
-        parser.feed(b"\n\ndata: c\n\n") if then == "feed" else parser.close()
+        if then == "feed":
+            parser.feed(b"\n\ndata: c\n\n")
+        else:
+            parser.close()
     assert parser.close() == []
 
 
