@@ -34,6 +34,8 @@ LITELLM_VENV = ROOT / "bench" / ".litellm-venv"
 PORTKEY_DIR = ROOT / "bench" / ".portkey"
 PORTKEY_SERVER = PORTKEY_DIR / "node_modules" / "@portkey-ai" / "gateway" / "build" / "start-server.js"
 STOP_TIMEOUT_S = 30.0
+# The commit before the work on issue 10 began: `teeproxy-baseline` runs it, side by side with today's teeproxy.
+BASELINE_AT = "e9a9406"
 SCRAPE_TIMEOUT_S = 10.0
 
 
@@ -125,6 +127,7 @@ class Target:
     log: pathlib.Path | None = None
     env: dict[str, str] = field(default_factory=dict)
     headers: list[str] = field(default_factory=list)  # extra request headers, "name: value"
+    cwd: pathlib.Path = ROOT  # where the process starts (`python -m` imports the package found there first)
 
     def start(self) -> None:
         assert self.launch is not None
@@ -138,7 +141,7 @@ class Target:
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
-                cwd=ROOT,
+                cwd=self.cwd,
                 env={**os.environ, **self.env},
             )
         finally:
@@ -206,9 +209,9 @@ def nginx(workdir: pathlib.Path, upstream_port: int, workers: int) -> Target:
     return Target(name, launch, workers=workers, log=workdir / f"{name}.log")
 
 
-def teeproxy_config(workdir: pathlib.Path, upstream_port: int, metering: bool) -> pathlib.Path:
+def teeproxy_config(workdir: pathlib.Path, upstream_port: int, metering: bool, tag: str | None = None) -> pathlib.Path:
     digest = hashlib.sha256(TEEPROXY_KEY.encode()).hexdigest()
-    tag = "on" if metering else "off"
+    tag = tag or ("on" if metering else "off")
     path = workdir / f"teeproxy-{tag}.toml"
     path.write_text(
         f"""\
@@ -255,6 +258,31 @@ def teeproxy(workdir: pathlib.Path, upstream_port: int, workers: int, metering: 
 
     name = f"teeproxy-{workers}w" + ("" if metering else "-nometer")
     return Target(name, launch, workers=workers, key=TEEPROXY_KEY, log=workdir / f"{name}.log")
+
+
+def teeproxy_baseline(workdir: pathlib.Path, upstream_port: int, commit: str = BASELINE_AT) -> Target:
+    """teeproxy as it was at `commit` (1 worker, metered), from `git archive` of this checkout's history, on the
+    same interpreter and packages: the "CPU per request halved" goal's baseline, measured in the same run as what
+    it is compared with instead of a figure recorded on another day (and maybe another machine)."""
+    source = workdir / f"teeproxy-{commit}"
+    if not source.exists():
+        archive = subprocess.run(["git", "-C", str(ROOT), "archive", commit], capture_output=True, check=False)
+        if archive.returncode != 0:
+            why = archive.stderr.decode(errors="replace").strip().splitlines()
+            raise NotAvailable(f"{commit} is not in this checkout's history ({why[-1] if why else 'git failed'})")
+        source.mkdir()
+        subprocess.run(["tar", "-x", "-C", str(source)], input=archive.stdout, check=True)
+    # Its own ledger file: the schema of the day may not be today's.
+    config = teeproxy_config(workdir, upstream_port, metering=True, tag=commit)
+
+    def launch(target: Target) -> list[str]:
+        bind = f"127.0.0.1:{target.port}"
+        return [sys.executable, "-m", "proxy", "serve", "--config", str(config), "--bind", bind, "--workers", "1"]
+
+    name = "teeproxy-baseline"
+    return Target(
+        name, launch, key=TEEPROXY_KEY, log=workdir / f"{name}.log", cwd=source, env={"PYTHONPATH": str(source)}
+    )
 
 
 def litellm(workdir: pathlib.Path, upstream_port: int) -> Target:
