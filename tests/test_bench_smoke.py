@@ -15,6 +15,7 @@ import math
 import pathlib
 import subprocess
 import sys
+from typing import Any
 
 import httpx
 import pytest
@@ -28,17 +29,22 @@ TEEPROXY = ["teeproxy-1w", "teeproxy-2w", "teeproxy-1w-nometer"]
 FLOOR = "protocol-relay"
 
 
-def test_bench_quick_mode(tmp_path: pathlib.Path) -> None:
-    targets = ["nginx", *TEEPROXY, FLOOR]
+def _quick_run(out: pathlib.Path, *args: str) -> dict[str, Any]:
+    """`make bench-quick` with `args`, as CI runs it; the JSON it wrote."""
     done = subprocess.run(
-        [sys.executable, "-m", "bench.run", "--quick", "--out", str(tmp_path), "--targets", *targets],
+        [sys.executable, "-m", "bench.run", "--quick", "--out", str(out), *args],
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=110,
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    report = json.loads((tmp_path / "quick.json").read_text())
+    result: dict[str, Any] = json.loads((out / "quick.json").read_text())
+    return result
+
+
+def test_bench_quick_mode(tmp_path: pathlib.Path) -> None:
+    report = _quick_run(tmp_path, "--targets", "nginx", *TEEPROXY, FLOOR)
     plan, results = report["plan"], report["results"]
     measured = {"direct", *TEEPROXY, FLOOR} | ({"nginx"} if nginx_binary() else set())
     if not nginx_binary():
@@ -183,16 +189,7 @@ def test_the_baseline_runs_side_by_side_in_the_ttfb_scenario(tmp_path: pathlib.P
     """`teeproxy-baseline` is teeproxy as it was at e9a9406, started from `git archive` of this checkout: its streams
     arrive whole, and the "CPU per request halved" goal is measured against it in the same run. Without the history
     (a shallow clone) it is noted and the goal falls back to the recorded figure."""
-    done = subprocess.run(
-        [sys.executable, "-m", "bench.run", "--quick", "--out", str(tmp_path), "--scenarios", "ttfb"]
-        + ["--targets", "teeproxy-1w", report.BASELINE],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=110,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    out = json.loads((tmp_path / "quick.json").read_text())
+    out = _quick_run(tmp_path, "--scenarios", "ttfb", "--targets", "teeproxy-1w", report.BASELINE)
     results, goals = out["results"], {g["goal"]: g for g in out["goals"]}
     assert set(results) == {"ttfb"}
     halved = goals["CPU per request halved"]
