@@ -44,11 +44,11 @@ def _quick_run(out: pathlib.Path, *args: str) -> dict[str, Any]:
 
 
 def test_bench_quick_mode(tmp_path: pathlib.Path) -> None:
-    report = _quick_run(tmp_path, "--targets", "nginx", *TEEPROXY, FLOOR)
-    plan, results = report["plan"], report["results"]
+    out = _quick_run(tmp_path, "--targets", "nginx", *TEEPROXY, FLOOR)
+    plan, results = out["plan"], out["results"]
     measured = {"direct", *TEEPROXY, FLOOR} | ({"nginx"} if nginx_binary() else set())
     if not nginx_binary():
-        assert report["notes"]["nginx"].startswith("not installed")
+        assert out["notes"]["nginx"].startswith("not installed")
 
     paced, steady = plan["paced"][0], plan["steady"]
     expected = {
@@ -87,14 +87,14 @@ def test_bench_quick_mode(tmp_path: pathlib.Path) -> None:
         for name in TEEPROXY if scenario != "steady" else ["teeproxy-1w"]:
             figures = {key: rows[name][key] for key in gc_pauses.FIGURES}
             assert figures["gc_pause_ms"] is None or figures["gc_collections"] >= 0, (scenario, name, figures)
-    goals = [g["goal"] for g in report["goals"]]
+    goals = [g["goal"] for g in out["goals"]]
     expected_goals = ["added TTFB p50 at most", "CPU per request halved", "metering under 10 %", "steady state"]
     if nginx_binary():
         expected_goals.append("CPU per burst chunk at most 10x nginx's")
     for prefix in expected_goals:
         assert any(goal.startswith(prefix) for goal in goals), (prefix, goals)
-    assert "target_cpu_us_per_chunk_x_direct" in report["ratios"]["c50"]["teeproxy-1w"]
-    assert "target_cpu_us_per_chunk_x_relay" in report["ratios"]["c50"]["teeproxy-1w"]
+    assert "target_cpu_us_per_chunk_x_direct" in out["ratios"]["c50"]["teeproxy-1w"]
+    assert "target_cpu_us_per_chunk_x_relay" in out["ratios"]["c50"]["teeproxy-1w"]
     table = (tmp_path / "quick.md").read_text()
     assert "teeproxy-1w" in table and "CPU µs/chunk" in table and "How far from the floor" in table
 
