@@ -10,7 +10,7 @@ import pathlib
 import sys
 from typing import Any
 
-from bench.targets import BASELINE_AT
+from bench.targets import BASELINE, BASELINE_AT
 
 NAN = float("nan")
 METRICS = {
@@ -36,7 +36,6 @@ STEADY_NOISE = 0.15
 # 10 began) in the same run. Where that target could not run (no git history), against the figure recorded when
 # the work began: 975, 983 and 988 µs in 3 repetitions of this harness's ttfb scenario (nginx 14 µs, protocol-relay
 # 16 µs in the same run), on the machine of that day; machines since have differed by up to 3x in absolute figures.
-BASELINE = "teeproxy-baseline"
 BASELINE_CPU_US_PER_REQUEST = 983.0
 # Targets that run only the ttfb scenario: the baseline is there for its figures at concurrency 1.
 TTFB_ONLY = frozenset({BASELINE})

@@ -138,7 +138,7 @@ DEFAULT_TARGETS = [
     "teeproxy-1w",
     "teeproxy-2w",
     "teeproxy-1w-nometer",
-    "teeproxy-baseline",
+    t.BASELINE,
     "protocol-relay",
     "hypercorn-relay",
     "litellm",
@@ -225,7 +225,7 @@ class Bench:
             return t.nginx(self.workdir, port, 1)
         if name == "nginx-2w":
             return t.nginx(self.workdir, port, 2)
-        if name == "teeproxy-baseline":
+        if name == t.BASELINE:
             return t.teeproxy_baseline(self.workdir, port)
         if name.startswith("teeproxy-"):
             workers = int(name.split("-")[1].rstrip("w"))

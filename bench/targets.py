@@ -36,6 +36,7 @@ PORTKEY_SERVER = PORTKEY_DIR / "node_modules" / "@portkey-ai" / "gateway" / "bui
 STOP_TIMEOUT_S = 30.0
 # The commit before the work on issue 10 began: `teeproxy-baseline` runs it, side by side with today's teeproxy.
 BASELINE_AT = "e9a9406"
+BASELINE = "teeproxy-baseline"
 SCRAPE_TIMEOUT_S = 10.0
 
 
@@ -279,9 +280,8 @@ def teeproxy_baseline(workdir: pathlib.Path, upstream_port: int, commit: str = B
         bind = f"127.0.0.1:{target.port}"
         return [sys.executable, "-m", "proxy", "serve", "--config", str(config), "--bind", bind, "--workers", "1"]
 
-    name = "teeproxy-baseline"
     return Target(
-        name, launch, key=TEEPROXY_KEY, log=workdir / f"{name}.log", cwd=source, env={"PYTHONPATH": str(source)}
+        BASELINE, launch, key=TEEPROXY_KEY, log=workdir / f"{BASELINE}.log", cwd=source, env={"PYTHONPATH": str(source)}
     )
 
 
